@@ -1,0 +1,168 @@
+"""The Python API: typed functions the CLI is a thin table over.
+
+>>> import dlzoo
+>>> result = dlzoo.train("digits-lenet5", overrides=["train.epochs=2"])
+>>> dlzoo.evaluate(result.run_dir)["accuracy"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from dlzoo.config import RunConfig
+from dlzoo.data.loader import BatchLoader, Normalizer, split_train_val
+from dlzoo.data.pipeline import load_data
+from dlzoo.models import create_model
+from dlzoo.recipes import list_recipes, load_recipe
+from dlzoo.registry import TASKS
+from dlzoo.tasks.classify import class_probabilities, confusion_matrix
+from dlzoo.training.checkpoint import load_weights
+from dlzoo.training.loop import RunResult, pick_device, predict_classes
+from dlzoo.training.loop import evaluate as evaluate_split
+from dlzoo.training.loop import train as train_config
+from dlzoo.training.run import read_json
+
+
+def train(
+    recipe: str | RunConfig,
+    overrides: list[str] | None = None,
+    data_dir: str | None = None,
+    runs_dir: str | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Train a recipe (a name, a TOML path or a ``RunConfig``) and measure its test split once."""
+    cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe)
+    extra = list(overrides or [])
+    if data_dir is not None:
+        extra.append(f"data.data_dir={data_dir}")
+    if runs_dir is not None:
+        extra.append(f"log.runs_dir={runs_dir}")
+    if quiet:
+        extra.append("log.progress=false")
+    return train_config(cfg.with_overrides(extra), quiet=quiet)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run rebuilt from its folder alone."""
+
+    run_dir: Path
+    cfg: RunConfig
+    info: dict[str, Any]
+    model: nn.Module
+    normalizer: Normalizer
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info["data"]["classes"]
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Rebuild the model of ``run_dir`` with the weights of checkpoint ``best`` or ``last``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dlzoo run folder (no config.json/run.json)")
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be best or last, got {checkpoint!r}")
+    raw = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_dict(raw, raw.pop("recipe"))
+    info = read_json(run_dir / "run.json")
+    data = info["data"]
+    model = create_model(
+        cfg.model.name, len(data["classes"]), tuple(data["in_shape"]), "default", **cfg.model.model_kwargs()
+    )
+    load_weights(run_dir / "checkpoints", checkpoint, model)
+    model.eval()
+    return LoadedRun(run_dir, cfg, info, model, Normalizer.from_dict(info["normalizer"]))
+
+
+def evaluate(
+    run_dir: str | Path, split: str = "test", checkpoint: str = "best", data_dir: str | None = None
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and the confusion matrix of a run on its test or val split."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be test or val, got {split!r}")
+    run = load_run(run_dir, checkpoint)
+    cfg = run.cfg if data_dir is None else run.cfg.with_overrides([f"data.data_dir={data_dir}"])
+    bundle = load_data(cfg.data)
+    data = (
+        split_train_val(bundle.train, cfg.data.val_fraction, cfg.train.seed)[1]
+        if split == "val"
+        else bundle.test
+    )
+    device = pick_device("auto")
+    run.model.to(device)
+    loader = BatchLoader(data, cfg.data.eval_batch_size, run.normalizer, device=device)
+    task = TASKS.get(cfg.task.name)(run.model, cfg, len(run.classes))
+    metrics: dict[str, Any] = {
+        k.removeprefix(f"{split}_"): v for k, v in evaluate_split(task, loader, prefix=split).items()
+    }
+    predicted, target = predict_classes(run.model, loader)
+    matrix = confusion_matrix(predicted, target, len(run.classes))
+    per_class = (matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
+    metrics.update(
+        split=split,
+        checkpoint=checkpoint,
+        examples=len(target),
+        per_class_accuracy=dict(zip(run.classes, per_class)),
+        confusion_matrix=matrix.tolist(),
+        classes=run.classes,
+    )
+    return metrics
+
+
+def load_image(path: Path, in_shape: tuple[int, ...], invert: bool = False) -> torch.Tensor:
+    """A user's image of any size and colour as a uint8 (C, H, W) tensor shaped for the model."""
+    channels, height, width = in_shape
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"{path} is not a readable image ({type(error).__name__}); give a PNG or JPEG"
+        ) from None
+    tensor = torch.from_numpy(pixels.copy())
+    tensor = tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+    return 255 - tensor if invert else tensor
+
+
+def predict(
+    run_dir: str | Path,
+    files: list[str | Path],
+    top_k: int = 3,
+    invert: bool = False,
+    checkpoint: str = "best",
+) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file."""
+    run = load_run(run_dir, checkpoint)
+    in_shape = tuple(run.info["data"]["in_shape"])
+    if len(in_shape) != 3:
+        raise ValueError(f"run {run.run_dir} was trained on tabular data; predict takes images")
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such image file: {path}")
+    batch = torch.stack([load_image(p, in_shape, invert) for p in paths])
+    with torch.no_grad():
+        probabilities = class_probabilities(run.model(run.normalizer(batch.float() / 255)))
+    k = min(top_k, len(run.classes))
+    results = []
+    for path, row in zip(paths, probabilities):
+        values, indices = row.topk(k)
+        top = [
+            {"class": run.classes[i], "probability": round(v, 4)}
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
+        results.append({"file": str(path), "top": top})
+    return results
+
+
+__all__ = ["LoadedRun", "evaluate", "list_recipes", "load_recipe", "load_run", "predict", "train"]

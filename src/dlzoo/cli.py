@@ -1,0 +1,237 @@
+"""``dlzoo`` command line: a thin table from command names to the typed functions in
+``dlzoo.api`` and ``dlzoo.data``. A user mistake prints one ``error:`` line and exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dlzoo.errors import CheckpointError, TrainingError
+
+EXIT_USER_ERROR = 2
+LISTS = ("recipes", "models", "datasets", "tasks", "optimizers", "schedules")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from dlzoo import registry
+    from dlzoo.recipes import list_recipes
+
+    if args.what != "recipes":
+        import dlzoo.api  # noqa: F401  (fills every registry)
+
+        table = {
+            "models": registry.MODELS,
+            "datasets": registry.DATASETS,
+            "tasks": registry.TASKS,
+            "optimizers": registry.OPTIMIZERS,
+            "schedules": registry.SCHEDULES,
+        }[args.what]
+        print("\n".join(name for name in table.names() if _match(name, args.pattern)))
+        return
+    recipes = list_recipes(args.pattern)
+    if not recipes:
+        raise ValueError(f"no recipe matches {args.pattern!r}; run `dlzoo list` to see them all")
+    view = Table("recipe", "model", "data", "task", "source reported", "target", "dlzoo result", box=None)
+    for cfg in recipes:
+        meta = cfg.meta
+        result = f"{meta.result:.2%} ({meta.result_minutes:g} min)" if meta.result else "not yet verified"
+        view.add_row(
+            cfg.recipe,
+            cfg.model.name,
+            cfg.data.name,
+            cfg.task.name,
+            meta.source_result or "-",
+            f"{meta.target:.1%}" if meta.target else "-",
+            result,
+        )
+    Console(width=200).print(view)
+
+
+def _match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatch(name, pattern)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dlzoo.api import train
+
+    overrides = list(args.set)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    result = train(args.recipe, overrides, data_dir=args.data_dir, runs_dir=args.runs_dir, quiet=args.quiet)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    checkpoint = info["test_checkpoint"]
+    ordered = sorted(result.test.items(), key=lambda item: item[0] != "test_accuracy")  # accuracy first
+    measured = ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in ordered)
+    where = f"{checkpoint['tag']} checkpoint, epoch {checkpoint['epoch']}"
+    print(f"test {measured} on {info['data']['test']} test examples ({where}; {info['train_seconds']:.0f} s training)")
+    print(f"run folder: {result.run_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from dlzoo.api import evaluate
+
+    metrics = evaluate(args.run, split=args.split, checkpoint=args.checkpoint, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(
+        f"{metrics['split']} accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
+        f"({metrics['examples']} examples, {metrics['checkpoint']} checkpoint)"
+    )
+    view = Table("class", "accuracy", box=None)
+    for name, accuracy in metrics["per_class_accuracy"].items():
+        view.add_row(name, f"{accuracy:.4f}")
+    console = Console(width=200)
+    console.print(view)
+    matrix = Table("true \\ predicted", *metrics["classes"], box=None)
+    for name, row in zip(metrics["classes"], metrics["confusion_matrix"]):
+        matrix.add_row(name, *map(str, row))
+    console.print(matrix)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from dlzoo.api import predict
+
+    results = predict(args.run, args.files, top_k=args.top_k, invert=args.invert, checkpoint=args.checkpoint)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for item in results:
+        ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
+        print(f"{item['file']}: {ranked}")
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from dlzoo.data import pipeline
+    from dlzoo.data.core import resolve_data_dir
+    from dlzoo.registry import DATASETS
+
+    print("\n".join(DATASETS.names()))
+    imported = resolve_data_dir(args.data_dir or "") / "imported"
+    for path in sorted(imported.glob("*.pt")) if imported.is_dir() else []:
+        print(f"{pipeline.IMPORTED_PREFIX}{path.stem}")
+
+
+def cmd_data_import(args: argparse.Namespace) -> None:
+    from dlzoo.data.core import resolve_data_dir
+    from dlzoo.data.importer import import_images
+
+    path = import_images(
+        Path(args.source),
+        args.name,
+        resolve_data_dir(args.data_dir or ""),
+        labels_file=Path(args.labels) if args.labels else None,
+        size=args.size,
+        grayscale=args.grayscale,
+        test_fraction=args.test_fraction,
+        overwrite=args.overwrite,
+        skip_bad=args.skip_bad,
+    )
+    print(f"imported {args.source} as data.name=imported:{args.name} ({path})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlzoo", description="A PyTorch deep-learning zoo and lab.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("list", cmd_list, "list recipes (with target and verified result), or registered names")
+    sub.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'mnist-*'")
+    sub.add_argument("--what", choices=LISTS, default="recipes", help="what to list (default: recipes)")
+
+    sub = add("train", cmd_train, "train a recipe end to end and measure its test split once")
+    sub.add_argument("recipe", help="recipe name (dlzoo list) or a path to a recipe .toml file")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.05 (repeatable)",
+    )
+    sub.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    sub.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    sub.add_argument("--data-dir", help="folder with local data / download cache (default $DLZOO_DATA_DIR)")
+    sub.add_argument("--runs-dir", help="parent folder of run folders (default ./runs)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    sub = add("eval", cmd_eval, "accuracy, per-class accuracy and confusion matrix of a finished run")
+    sub.add_argument("run", help="run folder")
+    sub.add_argument("--split", choices=("test", "val"), default="test")
+    sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    sub.add_argument("--data-dir", help="where the run's data is, if not where it was trained")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("predict", cmd_predict, "classify your own image files with a trained run")
+    sub.add_argument("run", help="run folder")
+    sub.add_argument("files", nargs="+", help="image files of any size and colour")
+    sub.add_argument("--top-k", type=int, default=3)
+    sub.add_argument(
+        "--invert", action="store_true", help="invert (dark digit on light paper -> MNIST style)"
+    )
+    sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    data = add("data", lambda a: parser.parse_args(["data", "--help"]), "list data sets, import your own")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    sub = data_commands.add_parser("list", help="registered data sets and your imports")
+    sub.set_defaults(handler=cmd_data_list)
+    sub.add_argument("--data-dir")
+    sub = data_commands.add_parser(
+        "import", help="import an image folder, zip or list file once, as a cached tensor file"
+    )
+    sub.set_defaults(handler=cmd_data_import)
+    sub.add_argument("source", help="a folder or .zip of class/ (or train/class/, test/class/) images")
+    sub.add_argument("--name", required=True, help="name to train with: data.name=imported:NAME")
+    sub.add_argument(
+        "--labels", help="text file of 'relative/path label' lines (source is then the image root)"
+    )
+    sub.add_argument("--size", type=int, help="resize every image to SIZE x SIZE")
+    sub.add_argument("--grayscale", action="store_true")
+    sub.add_argument(
+        "--test-fraction", type=float, default=0.2, help="held out when there is no test/ folder"
+    )
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing import of that name")
+    sub.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
+    sub.add_argument("--data-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run() -> Any:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

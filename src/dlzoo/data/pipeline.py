@@ -1,0 +1,64 @@
+"""Entry points of the data layer: ``load_data`` finds and loads a data set,
+``build_loaders`` splits it and wraps each split in a whole-batch loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlzoo.config import DataConfig
+from dlzoo.data import sources  # noqa: F401  (registers the data sets)
+from dlzoo.data.core import DataBundle, resolve_data_dir
+from dlzoo.data.loader import BatchLoader, Normalizer, select_classes, split_train_val
+from dlzoo.registry import DATASETS
+
+IMPORTED_PREFIX = "imported:"
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """The data set named by ``cfg`` with its class selection applied.
+
+    ``imported:<name>`` reads a set made with ``dlzoo data import``.
+    """
+    root = resolve_data_dir(cfg.data_dir)
+    if cfg.name.startswith(IMPORTED_PREFIX):
+        from dlzoo.data.importer import load_imported
+
+        bundle = load_imported(cfg.name.removeprefix(IMPORTED_PREFIX), root)
+    else:
+        bundle = DATASETS.get(cfg.name)(root, cfg.download)
+    if cfg.classes:
+        try:
+            bundle = select_classes(bundle, cfg.classes)
+        except ValueError as error:
+            raise ValueError(f"data.classes={cfg.classes}: {error}") from None
+    for split_name, split in (("training", bundle.train), ("test", bundle.test)):
+        if len(split) == 0:
+            raise ValueError(f"data set {cfg.name!r} has an empty {split_name} split: nothing to learn from")
+    return bundle
+
+
+@dataclass
+class Loaders:
+    train: BatchLoader
+    val: BatchLoader | None
+    test: BatchLoader
+    normalizer: Normalizer
+
+
+def build_loaders(cfg: DataConfig, bundle: DataBundle, seed: int, device: torch.device) -> Loaders:
+    """Hold out validation from train, fit the normaliser on what remains, batch all three."""
+    train, val = split_train_val(bundle.train, cfg.val_fraction, seed)
+    if 0 < cfg.train_subset < len(train):  # a seeded, stratified subset, not the first N
+        _, train = split_train_val(train, cfg.train_subset / len(train), seed)
+    normalizer = Normalizer.fit(train.x, cfg.normalize)
+    augment = cfg.augment if cfg.augment.enabled else None
+    return Loaders(
+        train=BatchLoader(
+            train, cfg.batch_size, normalizer, shuffle=True, augment=augment, seed=seed, device=device
+        ),
+        val=BatchLoader(val, cfg.eval_batch_size, normalizer, device=device) if len(val) else None,
+        test=BatchLoader(bundle.test, cfg.eval_batch_size, normalizer, device=device),
+        normalizer=normalizer,
+    )

@@ -1,0 +1,597 @@
+"""Where each data set's bytes come from, and how they become in-memory tensors.
+
+Every loader here is registered in ``DATASETS`` as ``(root, download) -> DataBundle``
+and looks for a local copy first (``root`` is the resolved data dir). Only when
+none is found, and downloading is allowed, does it call torchvision's download
+code, which uses the official URLs and checksums. Offline with no copy, the
+error says in one line which files to place in which folder.
+
+- ``digits``, ``iris``: scikit-learn's bundled copies, with a fixed stratified
+  20% test split (the same on every run, whatever the run seed).
+- ``mnist``, ``fashion_mnist``: the official IDX files, gzip'd or not, parsed
+  here with numpy (local copies are not MD5-checked: a re-gzipped copy has
+  different archive bytes but the same content).
+- ``cifar10``: the official python batches, or an image-folder copy (a folder
+  or .zip of ``train/<class>/*`` and ``test/<class>/*``). Decoded image folders
+  are cached as tensors under ``default_data_dir()/cache``, never beside the
+  source, which may be read-only.
+
+The image-folder reader (:class:`FileTree`, :func:`read_image_folder`) is shared
+with :mod:`dlzoo.data.importer`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import struct
+import tempfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from dlzoo.data.core import DataBundle, Split, default_data_dir
+from dlzoo.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+FIXED_SPLIT_SEED = 0
+"""Seed of the held-out test split for data sets without an official one; never the run seed."""
+FIXED_TEST_FRACTION = 0.2
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, H, W)
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+CACHE_VERSION = 1
+"""Bump when the decoding changes, so stale caches are not reused."""
+
+# Errors that mean "this file is not a readable image" (PIL's UnidentifiedImageError is an OSError).
+_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------- splits and files
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test), each sorted, holding out ``test_fraction`` of every class.
+
+    Each class with two or more examples keeps at least one in each split; a
+    class with a single example stays in train.
+    """
+    rng = np.random.default_rng(seed)
+    test: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_test = round(len(members) * test_fraction)
+        n_test = min(max(n_test, 1), len(members) - 1) if len(members) >= 2 else 0
+        test.append(rng.permutation(members)[:n_test])
+    test_idx = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test_idx] = True
+    return np.flatnonzero(~is_test), test_idx
+
+
+def bundle_to_dict(bundle: DataBundle) -> dict:
+    """The plain dict stored in cache and import files (loadable with ``weights_only=True``)."""
+    return {
+        "train_x": bundle.train.x, "train_y": bundle.train.y,
+        "test_x": bundle.test.x, "test_y": bundle.test.y,
+        "classes": list(bundle.classes), "source": bundle.source,
+    }  # fmt: skip
+
+
+def bundle_from_dict(data: object, path: Path) -> DataBundle:
+    keys = {"train_x", "train_y", "test_x", "test_y", "classes", "source"}
+    if not isinstance(data, dict) or not keys <= set(data):
+        raise ValueError(f"{path} is not a dlzoo data file (it needs the keys {sorted(keys)})")
+    return DataBundle(
+        Split(data["train_x"], data["train_y"]),
+        Split(data["test_x"], data["test_y"]),
+        list(data["classes"]),
+        data["source"],
+    )
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temp file beside ``path``, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def cached_bundle(path: Path, build: Callable[[], DataBundle]) -> DataBundle:
+    """Load the tensors cached at ``path`` (see :func:`cache_path`), else ``build()`` and cache them."""
+    if path.is_file():
+        try:
+            return bundle_from_dict(torch.load(path, weights_only=True), path)
+        except Exception as err:  # a torn or foreign cache file is rebuilt, never trusted
+            log.warning("ignoring unreadable cache %s (%s)", path, err)
+    bundle = build()
+    try:
+        save_atomic(bundle_to_dict(bundle), path)
+    except OSError as err:
+        warnings.warn(f"could not write the cache {path} ({err}); the next load decodes again", stacklevel=2)
+    return bundle
+
+
+def cache_path(name: str, source: Path) -> Path:
+    """``default_data_dir()/cache/<name>-<hash>.pt``, the hash changing whenever ``source`` does.
+
+    It hashes the resolved path, size and modification time of ``source`` (for
+    a folder: its file count, total size and newest mtime).
+    """
+    source = source.resolve()
+    if source.is_dir():
+        stats = [
+            os.stat(os.path.join(folder, file)) for folder, _, files in os.walk(source) for file in files
+        ]
+        total_size = sum(stat.st_size for stat in stats)
+        newest = max((stat.st_mtime_ns for stat in stats), default=0)
+        fingerprint = f"{source}|dir|{len(stats)}|{total_size}|{newest}"
+    else:
+        stat = source.stat()
+        fingerprint = f"{source}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{fingerprint}".encode()).hexdigest()[:16]
+    return default_data_dir() / "cache" / f"{name}-{digest}.pt"
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.split("/"))
+
+
+class FileTree:
+    """The files of a directory or a .zip archive, named by relative POSIX paths.
+
+    With ``unwrap=True`` a single wrapping folder (``my_data/cats/1.jpg``, as
+    zipping a folder makes) is looked through, so ``files`` read ``cats/1.jpg``.
+    """
+
+    def __init__(self, path: Path, *, unwrap: bool = False) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        if path.is_dir():
+            names = [
+                Path(folder, file).relative_to(path).as_posix()
+                for folder, _, files in os.walk(path)
+                for file in files
+            ]
+        elif path.is_file() and zipfile.is_zipfile(path):
+            self._zip = zipfile.ZipFile(path)
+            names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
+        elif path.exists():
+            raise ValueError(f"{path} is neither a folder nor a .zip archive of images")
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+        names = sorted(name for name in names if not _is_hidden(name))
+        self._prefix = ""
+        while unwrap and names:
+            top = {name.split("/", 1)[0] for name in names}
+            wrapper = next(iter(top))
+            has_subfolders = any(name.count("/") >= 2 for name in names)
+            # A lone folder with sub-folders wraps the data; a lone folder of files is one class.
+            if len(top) > 1 or wrapper in ("train", "test") or not has_subfolders:
+                break
+            self._prefix += wrapper + "/"
+            names = [name.split("/", 1)[1] for name in names]
+        self.files = names
+
+    def describe(self, relative: str) -> str:
+        """How to name one file in an error message."""
+        separator = ":" if self._zip is not None else "/"  # pets.zip:cats/1.jpg, pets/cats/1.jpg
+        return f"{self.path}{separator}{self._prefix}{relative}"
+
+    def read(self, relative: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(self._prefix + relative)
+        return (self.path / (self._prefix + relative)).read_bytes()
+
+    def folders(self, under: str = "") -> dict[str, list[str]]:
+        """{folder name: its files} for each folder directly ``under`` this one; loose files are ignored."""
+        prefix = under.rstrip("/") + "/" if under else ""
+        groups: dict[str, list[str]] = {}
+        for name in self.files:
+            if name.startswith(prefix) and "/" in name[len(prefix) :]:
+                groups.setdefault(name[len(prefix) :].split("/", 1)[0], []).append(name)
+        return groups
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> FileTree:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def decode_image(data: bytes, *, grayscale: bool = False, size: int | None = None) -> torch.Tensor:
+    """Encoded image bytes -> uint8 (C, H, W), C = 1 or 3, resized to (size, size) when given.
+
+    torchvision's decoder handles JPEG/PNG/GIF/WebP about 3x faster than PIL;
+    anything it refuses (BMP, TIFF, 16-bit PNG, animated GIF...) goes through
+    PIL, as does everything once torchvision drops its decoders (deprecated
+    since 0.29 in favour of TorchCodec). Raises one of ``_BAD_IMAGE_ERRORS``
+    when the bytes are not an image.
+    """
+    channels = 1 if grayscale else 3
+    image = None
+    try:
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_image as tv_decode
+
+        mode = ImageReadMode.GRAY if grayscale else ImageReadMode.RGB
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            image = tv_decode(encoded, mode=mode, apply_exif_orientation=True)  # phone photos stand upright
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != channels:
+            image = None
+    except (ImportError, RuntimeError, ValueError):
+        image = None
+    if image is None:
+        with Image.open(io.BytesIO(data)) as pil_image:
+            upright = ImageOps.exif_transpose(pil_image)
+            array = np.asarray(upright.convert("L" if grayscale else "RGB"))
+        image = torch.from_numpy(array.reshape(*array.shape[:2], channels).copy()).permute(2, 0, 1)
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        from torchvision.transforms.v2.functional import resize
+
+        image = resize(image, [size, size], antialias=True)
+    return image
+
+
+def decode_images(
+    tree: FileTree,
+    files: list[str],
+    *,
+    size: int | None = None,
+    grayscale: bool = False,
+    skip_bad: bool = False,
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode ``files`` of ``tree`` into one uint8 (N, C, H, W) tensor.
+
+    Returns the tensor and the indices into ``files`` that it holds (all of
+    them unless ``skip_bad`` skipped unreadable files). Without ``size``, every
+    image must already have the same height and width.
+    """
+    images: torch.Tensor | None = None
+    kept: list[int] = []
+    for index, name in enumerate(files):
+        try:
+            image = decode_image(tree.read(name), grayscale=grayscale, size=size)
+        except _BAD_IMAGE_ERRORS as err:
+            if skip_bad:
+                continue
+            raise ValueError(
+                f"{tree.describe(name)} is not a readable image ({type(err).__name__}: {err}); "
+                "remove it or pass skip_bad=True (--skip-bad) to skip such files"
+            ) from err
+        if images is None:
+            images = torch.empty((len(files), *image.shape), dtype=torch.uint8)  # (N, C, H, W), trimmed below
+            first = name
+        elif image.shape != images.shape[1:]:
+            raise ValueError(
+                f"images differ in size: {tree.describe(first)} is {images.shape[3]}x{images.shape[2]} but "
+                f"{tree.describe(name)} is {image.shape[2]}x{image.shape[1]} (width x height); "
+                "pass size=N (--size N) to resize every image to NxN"
+            )
+        images[len(kept)] = image
+        kept.append(index)
+    if images is None:
+        skipped = f" ({len(files)} unreadable files skipped)" if files else ""
+        raise ValueError(f"no images found in {tree.path}{skipped}")
+    return images[: len(kept)].clone() if len(kept) < len(files) else images, kept
+
+
+@dataclass
+class ImageFolder:
+    """Images read from ``<class>/<file>`` folders."""
+
+    x: torch.Tensor
+    """uint8 (N, C, H, W)."""
+    y: torch.Tensor
+    """int64 (N,) indices into ``classes``."""
+    classes: list[str]
+    skipped: list[str]
+    """Unreadable files left out (only with ``skip_bad``)."""
+
+
+def read_image_folder(
+    source: Path | FileTree,
+    under: str = "",
+    *,
+    classes: list[str] | None = None,
+    size: int | None = None,
+    grayscale: bool = False,
+    skip_bad: bool = False,
+) -> ImageFolder:
+    """Read ``<class>/<file>`` images from a folder or .zip (optionally from its sub-folder ``under``).
+
+    ``classes`` fixes the label order (each folder must be one of them);
+    without it the folder names, sorted, are the classes. Files that sit
+    directly in ``under`` (a README, say) are not part of any class and are ignored.
+    """
+    tree = source if isinstance(source, FileTree) else FileTree(source, unwrap=True)
+    try:
+        groups = tree.folders(under)
+        where = f"{tree.describe(under)}" if under else str(tree.path)
+        if not groups:
+            raise ValueError(f"no images found in {where}: expected <class>/<image> folders")
+        if classes is None:
+            classes = sorted(groups)
+        unknown = sorted(set(groups) - set(classes))
+        if unknown:
+            raise ValueError(f"folders {unknown} in {where} are not among the classes {classes}")
+        files = [file for name in classes for file in groups.get(name, [])]
+        labels = [index for index, name in enumerate(classes) for _ in groups.get(name, [])]
+        x, kept = decode_images(tree, files, size=size, grayscale=grayscale, skip_bad=skip_bad)
+    finally:
+        if tree is not source:
+            tree.close()
+    skipped = sorted(set(files) - {files[index] for index in kept})
+    y = torch.tensor([labels[index] for index in kept], dtype=torch.int64)
+    return ImageFolder(x, y, list(classes), skipped)
+
+
+# --------------------------------------------------------------------------- scikit-learn data sets
+
+
+def _fixed_split_bundle(x: torch.Tensor, y: np.ndarray, classes: list[str], source: str) -> DataBundle:
+    train_idx, test_idx = stratified_split(y, FIXED_TEST_FRACTION, FIXED_SPLIT_SEED)
+    labels = torch.from_numpy(y.astype(np.int64))
+    train_t, test_t = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    return DataBundle(Split(x[train_t], labels[train_t]), Split(x[test_t], labels[test_t]), classes, source)
+
+
+@DATASETS.register("digits")
+def digits(root: Path, download: bool) -> DataBundle:
+    """scikit-learn's 1,797 8x8 handwritten digits (bundled, offline), 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pixels = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8)
+    x = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, 8, 8)
+    source = f"scikit-learn load_digits (bundled), fixed stratified {FIXED_TEST_FRACTION:.0%} test split"
+    return _fixed_split_bundle(x, data.target, [str(d) for d in range(10)], source)
+
+
+@DATASETS.register("iris")
+def iris(root: Path, download: bool) -> DataBundle:
+    """scikit-learn's 150 iris flowers: four float32 measurements (cm), three species."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    x = torch.from_numpy(data.data.astype(np.float32))  # (N, 4)
+    source = f"scikit-learn load_iris (bundled), fixed stratified {FIXED_TEST_FRACTION:.0%} test split"
+    return _fixed_split_bundle(x, data.target, [str(name) for name in data.target_names], source)
+
+
+# --------------------------------------------------------------------------- MNIST-format IDX files
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file (gzip'd when it ends in .gz) as a uint8 array shaped by its header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be read ({err}); replace it with a fresh copy") from err
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        raise ValueError(f"{path} is not an IDX file of this kind: magic number {found}, expected {magic}")
+    n_dims = magic & 0xFF
+    header = 4 + 4 * n_dims
+    if len(data) < header:
+        raise ValueError(f"{path} is truncated: its header is incomplete")
+    dims = struct.unpack(f">{n_dims}I", data[4:header])
+    if len(data) != header + math.prod(dims):
+        raise ValueError(
+            f"{path} is truncated or corrupt: its header promises {dims} ({header + math.prod(dims)} bytes) "
+            f"but it holds {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _read_idx_split(images_path: Path, labels_path: Path, n_classes: int) -> Split:
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    if len(labels) and labels.max() >= n_classes:
+        raise ValueError(f"{labels_path} has label {labels.max()}, expected labels 0..{n_classes - 1}")
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _find_idx_files(folders: list[Path]) -> dict[str, Path] | None:
+    """The four IDX files from the first folder holding all of them (unpacked preferred over .gz)."""
+    for folder in folders:
+        found = {}
+        for stem in IDX_FILES:
+            candidates = [folder / stem, folder / f"{stem}.gz"]
+            found[stem] = next((path for path in candidates if path.is_file()), None)
+        if all(found.values()):
+            return found
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _idx_data_set(
+    root: Path,
+    download: bool,
+    *,
+    title: str,
+    folders: tuple[str, ...],
+    torchvision_name: str,
+    classes: list[str],
+) -> DataBundle:
+    search = [root, *(root / folder for folder in folders), root / torchvision_name / "raw"]
+    files = _find_idx_files(search)
+    hint = "or run with download allowed and network"
+    if files is None and download:
+        import torchvision.datasets
+
+        try:
+            # Official mirrors + MD5 checks; stores into root/<torchvision_name>/raw.
+            getattr(torchvision.datasets, torchvision_name)(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            hint = f"the download failed: {_one_line(err)}"
+        files = _find_idx_files(search)
+    if files is None:
+        names = ", ".join(f"{stem}.gz" for stem in IDX_FILES)
+        raise FileNotFoundError(f"{title} not found: place {names} in {root / folders[0]} ({hint})")
+    train = _read_idx_split(files[IDX_FILES[0]], files[IDX_FILES[1]], len(classes))
+    test = _read_idx_split(files[IDX_FILES[2]], files[IDX_FILES[3]], len(classes))
+    return DataBundle(train, test, classes, f"{title} IDX files in {files[IDX_FILES[0]].parent}")
+
+
+@DATASETS.register("mnist")
+def mnist(root: Path, download: bool) -> DataBundle:
+    """MNIST handwritten digits, 60,000/10,000 uint8 (N, 1, 28, 28)."""
+    return _idx_data_set(
+        root, download, title="MNIST", folders=("mnist",), torchvision_name="MNIST",
+        classes=[str(d) for d in range(10)],
+    )  # fmt: skip
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: Path, download: bool) -> DataBundle:
+    """Zalando's Fashion-MNIST clothing images, 60,000/10,000 uint8 (N, 1, 28, 28)."""
+    return _idx_data_set(
+        root, download, title="Fashion-MNIST", folders=("fashion-mnist", "fashion_mnist"),
+        torchvision_name="FashionMNIST", classes=list(FASHION_MNIST_CLASSES),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def _cifar10_batches(root: Path, download: bool) -> DataBundle:
+    """The official python-pickle batches via torchvision (which checks their MD5 sums)."""
+    from torchvision.datasets import CIFAR10
+
+    splits = []
+    for train in (True, False):
+        data = CIFAR10(str(root), train=train, download=download)
+        x = torch.from_numpy(np.ascontiguousarray(data.data.transpose(0, 3, 1, 2)))  # (N, 32, 32, 3) -> NCHW
+        splits.append(Split(x, torch.tensor(data.targets, dtype=torch.int64)))
+    source = f"CIFAR-10 (official) from {root / 'cifar-10-batches-py'}"
+    return DataBundle(splits[0], splits[1], list(CIFAR10_CLASSES), source)
+
+
+def _cifar10_folder_problem(tree: FileTree) -> str | None:
+    """Why ``tree`` is not a train/test image-folder copy of CIFAR-10, or None if it is."""
+    for split in ("train", "test"):
+        found = sorted(tree.folders(split))
+        if found != sorted(CIFAR10_CLASSES):
+            return (
+                f"expected {split}/<class>/ folders for {', '.join(CIFAR10_CLASSES)}; found {found or 'none'}"
+            )
+    return None
+
+
+def _describe_cifar10_copy(path: Path, tree: FileTree) -> str:
+    """Label the copy honestly: a JPEG copy is lossy and scores below the official data."""
+    quality = re.search(r"q(\d+)", path.name.lower())
+    if "jpeg" in path.name.lower() and quality:
+        return f"CIFAR-10 (JPEG q{quality.group(1)} copy) from {path}"
+    extensions = {name.rsplit(".", 1)[-1].lower() for name in tree.files if "." in name}
+    if "jpeg" in path.name.lower() or "jpg" in path.name.lower() or extensions & {"jpg", "jpeg"}:
+        return f"CIFAR-10 (image-folder copy, JPEG) from {path}"
+    return f"CIFAR-10 (image-folder copy, {'/'.join(sorted(extensions)).upper()}) from {path}"
+
+
+def _read_cifar10_folder(path: Path) -> DataBundle:
+    with FileTree(path, unwrap=True) as tree:
+        log.info("decoding CIFAR-10 images from %s (once; cached afterwards)", path)
+        train = read_image_folder(tree, "train", classes=CIFAR10_CLASSES)
+        test = read_image_folder(tree, "test", classes=CIFAR10_CLASSES)
+        source = _describe_cifar10_copy(path, tree)
+    return DataBundle(Split(train.x, train.y), Split(test.x, test.y), list(CIFAR10_CLASSES), source)
+
+
+def _has_subfolders(path: Path) -> bool:
+    return any(child.is_dir() for child in path.iterdir())
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: Path, download: bool) -> DataBundle:
+    """CIFAR-10, 50,000/10,000 uint8 (N, 3, 32, 32), classes in the standard order.
+
+    Looks for ``root/cifar-10-batches-py``, then an image-folder copy:
+    ``root/cifar10`` (a folder, or .zip files in it), ``root/cifar10-jpeg/*.zip``, ``root/*.zip``.
+    """
+    if (root / "cifar-10-batches-py").is_dir():
+        try:
+            return _cifar10_batches(root, download=False)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{root / 'cifar-10-batches-py'} is incomplete or corrupt ({err}); delete it, download again"
+            ) from err
+    # Named places must hold CIFAR-10; any other zip in root is only a candidate.
+    named = [root / "cifar10", *sorted(root.glob("cifar10/*.zip")), *sorted(root.glob("cifar10-jpeg/*.zip"))]
+    named = [path for path in named if path.is_file() or (path.is_dir() and _has_subfolders(path))]
+    others = sorted(path for path in root.glob("*.zip") if path.is_file())
+    for path in named + others:
+        cache = cache_path("cifar10", path)
+        if not cache.is_file():  # a cached copy was checked when it was made
+            with FileTree(path, unwrap=True) as tree:
+                problem = _cifar10_folder_problem(tree)
+            if problem is not None and path in named:
+                raise ValueError(f"{path} is not an image-folder copy of CIFAR-10: {problem}")
+            if problem is not None:
+                continue
+        return cached_bundle(cache, lambda path=path: _read_cifar10_folder(path))
+    hint = "or run with download allowed and network"
+    if download:
+        try:
+            return _cifar10_batches(root, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            hint = f"the download failed: {_one_line(err)}"
+    raise FileNotFoundError(
+        f"CIFAR-10 not found: place the official cifar-10-batches-py folder (from cifar-10-python.tar.gz) in "
+        f"{root}, or an image-folder copy (train/<class>/*.png|jpg and test/<class>/*) as {root / 'cifar10'} "
+        f"or as a .zip in {root} ({hint})"
+    )

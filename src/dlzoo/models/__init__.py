@@ -1,0 +1,33 @@
+"""Model families. Importing this package registers every model in ``MODELS``."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from dlzoo.models import cbapd, lenet, linear, mlp  # noqa: F401  (registers the families)
+from dlzoo.models.base import Classifier
+from dlzoo.models.init import init_weights
+from dlzoo.registry import MODELS
+
+
+def create_model(
+    name: str, num_classes: int, in_shape: tuple[int, ...], init: str = "default", **kwargs: object
+) -> nn.Module:
+    """Build registered model ``name`` for inputs of ``in_shape`` ((C, H, W) or (D,)).
+
+    ``kwargs`` are the architecture settings (activation, hidden_sizes, ...); one the
+    model does not take is an error naming the ones it does.
+    """
+    factory = MODELS.get(name)
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_shape")]
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:
+        takes = ", ".join(accepted) or "no settings"
+        raise ValueError(f"model {name!r} does not take {unknown[0]!r}; it takes: {takes}")
+    model = factory(num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
+    return init_weights(model, init)
+
+
+__all__ = ["Classifier", "create_model", "init_weights"]

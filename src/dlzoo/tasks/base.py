@@ -1,0 +1,93 @@
+"""The task interface: what one training step computes.
+
+A task owns the model, its optimiser(s) and schedule(s), and says what a
+step does: ``train_step(x, y)`` computes the loss, updates the weights and
+returns ``{"loss": ..., **metrics}`` as floats; ``eval_step(x, y)`` returns the
+same without updating. The loop (``dlzoo.training.loop``) owns everything else:
+devices, precision, epochs, logging, checkpoints, early stopping. A task with
+two optimisers (a GAN) overrides ``configure_optimizers`` and ``train_step``,
+as a Keras ``train_step`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlzoo.config import RunConfig
+from dlzoo.training.optim import build_optimizer, build_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+class Task:
+    """Single-model, single-optimiser supervised task; subclasses define ``compute_loss``."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, num_classes: int) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
+    def configure_optimizers(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Build the optimiser(s) and schedule(s) from the config."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.cfg.optim)
+        self.optimizers = [optimizer]
+        self.schedulers = [build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, total_steps)]
+
+    def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Metrics of one batch besides the loss (accuracy, ...), as batch means."""
+        return {}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        (optimizer,) = self.optimizers
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            outputs = self.model(x)
+            loss = self.compute_loss(outputs, y)
+        loss_value = loss.item()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss became {loss_value}")
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        optimizer.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
+        return {"loss": loss_value, **self.batch_metrics(outputs.detach(), y)}
+
+    @torch.no_grad()
+    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with self.autocast():
+            outputs = self.model(x)
+            loss = self.compute_loss(outputs, y)
+        return {"loss": loss.item(), **self.batch_metrics(outputs, y)}
+
+    @property
+    def lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser and schedule state (the weights are saved separately)."""
+        return {
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)

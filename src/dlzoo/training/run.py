@@ -1,0 +1,82 @@
+"""The run folder: ``<runs_dir>/<recipe>/<timestamp>/`` and the facts written into it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dlzoo
+
+
+def git_revision() -> str:
+    """The commit of the dlzoo checkout (with ``-dirty`` if modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return revision + ("-dirty" if dirty else "")
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def new_run_dir(runs_dir: str, recipe: str) -> Path:
+    """A fresh folder named by the current time; never reuses an existing one."""
+    parent = Path(runs_dir) / recipe
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
+        folder = parent / f"{stamp}{suffix}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not make a new run folder under {parent}")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def version() -> str:
+    return dlzoo.__version__

@@ -1,0 +1,70 @@
+import pytest
+import torch
+from torch import nn
+
+from dlzoo.models import create_model, init_weights
+from dlzoo.registry import MODELS
+
+SHAPES = {"image": (1, 28, 28), "rgb": (3, 32, 32), "small": (1, 8, 8)}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_every_model_runs_forward_and_backward(name, shape):
+    num_classes = 2 if name == "logistic" else 10
+    model = create_model(name, num_classes, shape)
+    x = torch.randn(4, *shape)
+    out = model(x)
+    assert out.shape == (4, 1 if name == "logistic" else num_classes)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_reset_head_changes_only_the_output_count(name):
+    model = create_model(name, 2 if name == "logistic" else 10, (1, 28, 28))
+    before = {k: v.clone() for k, v in model.features.state_dict().items()}
+    model.reset_head(3)
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 3)  # eval: BN statistics stay
+    after = model.features.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unknown_model_and_unknown_setting_are_clear():
+    with pytest.raises(ValueError, match="Did you mean 'lenet5'"):
+        create_model("lenet", 10, (1, 28, 28))
+    with pytest.raises(ValueError, match="model 'lenet5' does not take 'hidden_sizes'; it takes: activation"):
+        create_model("lenet5", 10, (1, 28, 28), hidden_sizes=[10])
+
+
+def test_logistic_needs_two_classes():
+    with pytest.raises(ValueError, match="data.classes=0,1"):
+        create_model("logistic", 10, (3, 32, 32))
+
+
+def test_mlp_options_shape_the_network():
+    model = create_model(
+        "mlp", 10, (1, 8, 8), hidden_sizes=[32, 16], activation="tanh", dropout_rate=0.5, batch_norm=True
+    )
+    kinds = [type(m) for m in model.features]
+    assert kinds.count(nn.Linear) == 2 and kinds.count(nn.BatchNorm1d) == 2
+    assert kinds.count(nn.Tanh) == 2 and kinds.count(nn.Dropout) == 2
+
+
+@pytest.mark.parametrize(
+    ("scheme", "check"),
+    [
+        ("he", lambda w, fan_in: abs(w.std().item() - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5),
+        ("xavier", lambda w, fan_in: w.abs().max().item() <= (6 / (fan_in + 200)) ** 0.5 + 1e-6),
+        ("normal", lambda w, fan_in: abs(w.std().item() - 0.05) < 0.005),
+        ("truncated_normal", lambda w, fan_in: w.abs().max().item() <= 0.1 + 1e-6),
+    ],
+)
+def test_initialisers(scheme, check):
+    torch.manual_seed(0)
+    layer = nn.Linear(500, 200)
+    init_weights(layer, scheme)
+    assert check(layer.weight.detach(), 500)
+    assert torch.all(layer.bias == 0)

@@ -1,0 +1,291 @@
+"""Optimisers: the scratch ones take torch.optim's steps, resume exactly, and every registered one
+lowers a loss. Schedules: each follows its formula and resumes from a state dict."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlzoo.config import OptimConfig, ScheduleConfig
+from dlzoo.registry import OPTIMIZERS, SCHEDULES
+from dlzoo.training.optim import build_optimizer, build_scheduler
+
+SCRATCH_TWINS = {
+    "scratch_sgd": "sgd",
+    "scratch_sgdm": "momentum",
+    "scratch_adagrad": "adagrad",
+    "scratch_rmsprop": "rmsprop",
+    "scratch_adam": "adam",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: with a second thread, OpenMP hand-offs cost more than the maths,
+    20x more when the other core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=generator, dtype=torch.float64)
+    y = torch.randn(32, 1, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int):
+    """Full-batch MSE steps through ``step(closure)``; returns the loss each closure reported."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return [optimizer.step(closure).item() for _ in range(steps)]
+
+
+# ---------------------------------------------------------------------------
+# Optimisers
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("scratch_name", list(SCRATCH_TWINS))
+def test_scratch_optimiser_follows_torch(scratch_name: str, weight_decay: float) -> None:
+    x, y = make_data()
+    models, losses = {}, {}
+    for name in (scratch_name, SCRATCH_TWINS[scratch_name]):
+        cfg = OptimConfig(name=name, lr=0.05, momentum=0.9, alpha=0.9, weight_decay=weight_decay)
+        models[name] = make_model()
+        optimizer = build_optimizer(models[name].parameters(), cfg)
+        losses[name] = train(models[name], optimizer, x, y, steps=20)
+
+    scratch, reference = models[scratch_name], models[SCRATCH_TWINS[scratch_name]]
+    assert losses[scratch_name] == pytest.approx(losses[SCRATCH_TWINS[scratch_name]], rel=0, abs=1e-10)
+    assert losses[scratch_name][-1] < losses[scratch_name][0]
+    for mine, theirs in zip(scratch.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(SCRATCH_TWINS))
+def test_scratch_optimiser_resumes_exactly(name: str) -> None:
+    x, y = make_data()
+    cfg = OptimConfig(name=name, lr=0.05, weight_decay=0.01)
+    model = make_model()
+    optimizer = build_optimizer(model.parameters(), cfg)
+    train(model, optimizer, x, y, steps=10)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, buffer)
+    uninterrupted = train(model, optimizer, x, y, steps=10)
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_model = make_model(seed=1)
+    resumed_model.load_state_dict(saved["model"])
+    resumed_optimizer = build_optimizer(resumed_model.parameters(), cfg)
+    resumed_optimizer.load_state_dict(saved["optim"])
+    assert train(resumed_model, resumed_optimizer, x, y, steps=10) == uninterrupted
+
+    if name != "scratch_sgd":  # a stateful optimiser started afresh must differ, or the test proves nothing
+        fresh_model = make_model(seed=1)
+        fresh_model.load_state_dict(saved["model"])
+        fresh_optimizer = build_optimizer(fresh_model.parameters(), cfg)
+        assert train(fresh_model, fresh_optimizer, x, y, steps=10) != uninterrupted
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimiser_reduces_least_squares_loss(name: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=generator)
+    y = x @ torch.tensor([[0.5], [-1.0], [0.25], [1.0]]) + 0.01 * torch.randn(64, 1, generator=generator)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    optimizer = build_optimizer(model.parameters(), OptimConfig(name=name, lr=0.1))
+    losses = train(model, optimizer, x, y, steps=60)
+    assert losses[-1] < 0.2 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_unknown_optimiser_suggests_the_closest_name() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'adam'"):
+        build_optimizer(nn.Linear(2, 1).parameters(), OptimConfig(name="adma"))
+
+
+# ---------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------
+
+BASE_LR = 0.1
+
+
+def make_scheduled(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, optimizer_name: str = "sgd"):
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([param], OptimConfig(name=optimizer_name, lr=BASE_LR))
+    return optimizer, build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
+
+
+def advance(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> list[float]:
+    """The lr of each of the next ``steps`` optimiser steps."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: only keeps the scheduler's step-order check content
+        scheduler.step()
+    return lrs
+
+
+def lr_sequence(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, optimizer_name: str = "sgd"):
+    """lrs[t] is the lr of optimiser step t, for t = 0 .. total_steps (the last one after the run)."""
+    optimizer, scheduler = make_scheduled(cfg, steps_per_epoch, total_steps, optimizer_name)
+    return advance(optimizer, scheduler, total_steps) + [optimizer.param_groups[0]["lr"]]
+
+
+def test_constant_keeps_the_base_lr() -> None:
+    assert lr_sequence(ScheduleConfig(name="constant"), 4, 12) == [BASE_LR] * 13
+
+
+def test_exponential_decays_continuously_in_fractional_epochs() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="exponential", gamma=0.5, step_epochs=2), 4, 24)
+    for step in (0, 1, 5, 8, 13, 24):
+        epoch = step / 4
+        assert lrs[step] == pytest.approx(BASE_LR * 0.5 ** (epoch / 2), rel=1e-12)
+
+
+def test_exponential_staircase_floors_the_exponent() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="exponential", gamma=0.5, step_epochs=2, staircase=True), 4, 24)
+    for step in (0, 1, 7, 8, 13, 16, 24):
+        assert lrs[step] == pytest.approx(BASE_LR * 0.5 ** (step // 8), rel=1e-12)
+
+
+def test_step_drops_by_gamma_every_step_epochs() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="step", gamma=0.5, step_epochs=1.5), 4, 18)  # every 6 steps
+    assert lrs[:6] == pytest.approx([BASE_LR] * 6)
+    assert lrs[6:12] == pytest.approx([BASE_LR / 2] * 6)
+    assert lrs[12] == pytest.approx(BASE_LR / 4)
+
+
+def test_step_is_exact_for_periods_that_are_not_binary_fractions() -> None:
+    # A period of 0.2 epochs at 10 steps per epoch is 2 steps, but (6 / 10) / 0.2 = 2.9999999999999996.
+    lrs = lr_sequence(ScheduleConfig(name="step", gamma=0.5, step_epochs=0.2), 10, 6)
+    assert lrs[5] == pytest.approx(BASE_LR / 4)
+    assert lrs[6] == pytest.approx(BASE_LR / 8)
+
+
+def test_cosine_falls_from_base_to_min_lr() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="cosine", min_lr=0.01), 4, 20)
+    assert lrs[0] == pytest.approx(BASE_LR)
+    assert lrs[10] == pytest.approx((BASE_LR + 0.01) / 2)
+    assert lrs[20] == pytest.approx(0.01)
+    assert all(later < earlier for earlier, later in itertools.pairwise(lrs))
+
+
+def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="cosine", warmup_epochs=1), 4, 20)
+    assert lrs[:4] == pytest.approx([BASE_LR * k / 4 for k in (1, 2, 3, 4)])
+    assert lrs[4] == pytest.approx(BASE_LR)
+    assert lrs[12] == pytest.approx(BASE_LR / 2)  # half-way through the 16 cosine steps
+    assert lrs[20] == pytest.approx(0.0, abs=1e-12)
+
+    lrs = lr_sequence(ScheduleConfig(name="step", gamma=0.5, step_epochs=1, warmup_epochs=0.5), 4, 12)
+    assert lrs[:2] == pytest.approx([BASE_LR / 2, BASE_LR])
+    assert lrs[2:6] == pytest.approx([BASE_LR] * 4)
+    assert lrs[6] == pytest.approx(BASE_LR / 2)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cyclic"])
+def test_warmup_is_refused_by_schedules_with_their_own_ramp(name: str) -> None:
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        make_scheduled(ScheduleConfig(name=name, warmup_epochs=1), 4, 20)
+
+
+def test_onecycle_peaks_at_max_lr_after_pct_start() -> None:
+    lrs = lr_sequence(ScheduleConfig(name="onecycle", max_lr=1.0, pct_start=0.3), 10, 100)
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert abs(peak - 30) <= 1
+    assert lrs[peak] == pytest.approx(1.0)
+    assert lrs[0] == pytest.approx(1.0 / 25)
+    assert lrs[-1] < lrs[0]
+
+    default_peak = max(lr_sequence(ScheduleConfig(name="onecycle", pct_start=0.3), 10, 100))
+    assert default_peak == pytest.approx(10 * BASE_LR)
+
+
+def test_onecycle_cycles_momentum_only_where_the_optimiser_has_one() -> None:
+    plain, _ = make_scheduled(ScheduleConfig(name="onecycle"), 4, 20, optimizer_name="sgd")
+    assert plain.param_groups[0]["momentum"] == 0
+    heavy_ball, _ = make_scheduled(ScheduleConfig(name="onecycle"), 4, 20, optimizer_name="momentum")
+    assert heavy_ball.param_groups[0]["momentum"] == pytest.approx(0.95)
+
+
+def test_cyclic_is_triangular() -> None:
+    cfg = ScheduleConfig(name="cyclic", max_lr=1.0, cycle_epochs=2)  # 10 steps per cycle at 5 per epoch
+    lrs = lr_sequence(cfg, 5, 20)
+    for step in (0, 10, 20):
+        assert lrs[step] == pytest.approx(BASE_LR)
+    for step in (5, 15):
+        assert lrs[step] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(BASE_LR + (1.0 - BASE_LR) * 2 / 5)
+    assert lrs[7] == pytest.approx(BASE_LR + (1.0 - BASE_LR) * 3 / 5)
+
+    lrs = lr_sequence(ScheduleConfig(name="cyclic", min_lr=0.01, cycle_epochs=2), 5, 10)
+    assert (lrs[0], lrs[5], lrs[10]) == pytest.approx((0.01, 10 * BASE_LR, 0.01))
+
+
+@pytest.mark.parametrize("optimizer_name", OPTIMIZERS.names())
+@pytest.mark.parametrize("schedule", ["onecycle", "cyclic"])
+def test_cycling_schedules_work_with_every_optimiser(schedule: str, optimizer_name: str) -> None:
+    lrs = lr_sequence(ScheduleConfig(name=schedule, cycle_epochs=2, pct_start=0.5), 5, 10, optimizer_name)
+    assert max(lrs) == pytest.approx(10 * BASE_LR)
+
+
+RESUMABLE = {
+    "constant": ScheduleConfig(name="constant", warmup_epochs=2.5),
+    "step": ScheduleConfig(name="step", gamma=0.5, step_epochs=1, warmup_epochs=1),
+    "exponential": ScheduleConfig(name="exponential", gamma=0.5, step_epochs=1, warmup_epochs=1),
+    "cosine": ScheduleConfig(name="cosine", min_lr=0.001, warmup_epochs=1),
+    "onecycle": ScheduleConfig(name="onecycle", pct_start=0.3),
+    "cyclic": ScheduleConfig(name="cyclic", cycle_epochs=1.5),
+}
+
+
+def test_every_schedule_has_a_resume_case() -> None:
+    assert sorted(RESUMABLE) == SCHEDULES.names()
+
+
+@pytest.mark.parametrize("name", sorted(RESUMABLE))
+def test_schedule_resumes_the_same_lr_sequence(name: str) -> None:
+    cfg, steps_per_epoch, total_steps = RESUMABLE[name], 4, 20
+    optimizer, scheduler = make_scheduled(cfg, steps_per_epoch, total_steps, "momentum")
+    advance(optimizer, scheduler, 7)
+    buffer = io.BytesIO()
+    torch.save({"optim": optimizer.state_dict(), "schedule": scheduler.state_dict()}, buffer)
+    uninterrupted = advance(optimizer, scheduler, 13)
+    assert len(set(uninterrupted)) > 1  # the lr moves, so a lost step counter would show
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    optimizer, scheduler = make_scheduled(copy.deepcopy(cfg), steps_per_epoch, total_steps, "momentum")
+    optimizer.load_state_dict(saved["optim"])
+    scheduler.load_state_dict(saved["schedule"])
+    assert advance(optimizer, scheduler, 13) == uninterrupted
+
+
+def test_unknown_schedule_suggests_the_closest_name() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([param], OptimConfig(name="sgd"))
+    with pytest.raises(ValueError, match="Did you mean 'cosine'"):
+        build_scheduler(optimizer, ScheduleConfig(name="cosin"), 4, 20)

@@ -1,0 +1,197 @@
+"""The loop end to end on the bundled digits: the loss falls, the run folder holds what
+it promises, and a bad run stops with a clear error and nothing half-written."""
+
+import json
+
+import pytest
+import torch
+
+import dlzoo
+from dlzoo.cli import main
+from dlzoo.errors import TrainingError
+from dlzoo.recipes import load_recipe
+
+QUICK = ["train.epochs=4", "train.threads=1", "log.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    return dlzoo.train("digits-lenet5", QUICK, runs_dir=str(runs), quiet=True)
+
+
+def test_loss_falls_and_accuracy_rises(digits_run):
+    history = digits_run.history
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert digits_run.test["test_accuracy"] > 0.85
+
+
+def test_run_folder_holds_everything(digits_run):
+    run = digits_run.run_dir
+    for name in (
+        "config.json",
+        "run.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "curves.png",
+        "confusion.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/last.state.pt",
+        "checkpoints/best.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["seed"] == 0 and info["dlzoo_version"] == dlzoo.__version__
+    assert info["git_revision"] and info["machine"]["torch"] == torch.__version__
+    assert info["test"] == digits_run.test
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and (run / "metrics.csv").read_text().count("\n") == 5
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files"
+    confusion = json.loads((run / "confusion.json").read_text())["matrix"]
+    assert sum(map(sum, confusion)) == info["data"]["test"] > 300
+
+
+def test_tensorboard_has_the_promised_series(digits_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for folder in {p.parent for p in (digits_run.run_dir / "tensorboard").rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(folder), size_guidance={"histograms": 0, "images": 0}).Reload().Tags()
+        for kind in ("scalars", "histograms", "images"):
+            tags.update(events[kind])
+        if events["graph"]:
+            tags.add("graph")
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "inputs", "graph"} <= tags
+    assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
+
+
+def test_same_seed_same_result(digits_run, tmp_path):
+    again = dlzoo.train("digits-lenet5", QUICK, runs_dir=str(tmp_path), quiet=True)
+    assert again.test == digits_run.test
+    assert [r["train_loss"] for r in again.history] == [r["train_loss"] for r in digits_run.history]
+
+
+def test_eval_and_predict_rebuild_the_model_from_the_run_folder(digits_run, tmp_path):
+    metrics = dlzoo.evaluate(digits_run.run_dir)
+    assert metrics["accuracy"] == pytest.approx(digits_run.test["test_accuracy"])
+    assert len(metrics["per_class_accuracy"]) == 10
+    from PIL import Image
+
+    from dlzoo.data.pipeline import load_data
+
+    cfg = load_recipe("digits-lenet5")
+    bundle = load_data(cfg.data)
+    image = bundle.test.x[0, 0].numpy()
+    path = tmp_path / "digit.png"
+    Image.fromarray(image).resize((64, 64)).convert("RGB").save(path)  # any size, any colour
+    (result,) = dlzoo.predict(digits_run.run_dir, [path], top_k=10)
+    assert sorted(t["class"] for t in result["top"]) == [str(d) for d in range(10)]
+    assert sum(t["probability"] for t in result["top"]) == pytest.approx(1, abs=1e-3)
+    probabilities = [t["probability"] for t in result["top"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_early_stopping_stops(tmp_path):
+    result = dlzoo.train(
+        "digits-lenet5",
+        [
+            "train.epochs=30",
+            "train.early_stopping_patience=1",
+            "optim.lr=1e-7",
+            "train.monitor=val_loss",
+            "train.monitor_mode=min",
+            "log.tensorboard=false",
+        ],
+        runs_dir=str(tmp_path),
+        quiet=True,
+    )
+    assert result.stopped_early or len(result.history) == 30
+    assert len(result.history) < 30
+
+
+def test_max_steps_bounds_training(tmp_path):
+    result = dlzoo.train(
+        "digits-lenet5", ["train.max_steps=7", "log.tensorboard=false"], runs_dir=str(tmp_path), quiet=True
+    )
+    assert result.history[-1]["step"] == 7 and len(result.history) == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from dlzoo.tasks.classify import ClassifyTask
+
+    real_loss, calls = ClassifyTask.compute_loss, []
+
+    def loss_that_explodes_in_epoch_two(self, outputs, y):
+        calls.append(self.model.training)
+        loss = real_loss(self, outputs, y)
+        return loss * float("nan") if sum(calls) > 4 else loss  # the 5th training step: epoch 2
+
+    monkeypatch.setattr(ClassifyTask, "compute_loss", loss_that_explodes_in_epoch_two)
+    with pytest.raises(
+        TrainingError, match=r"epoch 2, step 5: the training loss became nan.*last good checkpoint"
+    ):
+        dlzoo.train(
+            "iris-softmax", ["train.epochs=5", "log.tensorboard=false"], runs_dir=str(tmp_path), quiet=True
+        )
+    (run,) = (tmp_path / "iris-softmax").iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    from safetensors.torch import load_file
+
+    weights = load_file(run / "checkpoints" / "last.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not list(run.rglob("*.tmp")), "no half-written files"
+
+
+def test_cli_train_prints_accuracy_and_run_folder(tmp_path, capsys):
+    code = main(["train", "iris-softmax", "--epochs", "5", "--quiet", "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "test accuracy" in out and f"run folder: {tmp_path}" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "mnist-lenet"], "unknown recipe 'mnist-lenet'. Did you mean 'mnist-lenet5'?"),
+        (["train", "digits-lenet5", "--set", "optim.lr=abc"], "optim.lr=abc: must be a number"),
+        (["train", "digits-lenet5", "--set", "model.name=lenet"], "unknown model 'lenet'"),
+        (
+            [
+                "train",
+                "digits-lenet5",
+                "--set",
+                "data.name=mnist",
+                "--data-dir",
+                "{tmp}/nowhere",
+                "--set",
+                "data.download=false",
+            ],
+            "train-images-idx3-ubyte",
+        ),
+        (["train", "digits-lenet5", "--set", "data.classes=42"], "data.classes"),
+        (["eval", "{tmp}"], "not a dlzoo run folder"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--runs-dir", str(tmp_path / "runs")] * (
+        argv[0] == "train"
+    )
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("list", "train", "eval", "predict", "data"):
+        assert command in out
+
+
+def test_list_prints_matching_recipes(capsys):
+    assert main(["list", "mnist-*"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist-lenet5" in out and "mnist-mlp" in out and "cifar10" not in out
