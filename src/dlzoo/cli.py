@@ -73,8 +73,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     checkpoint = info["test_checkpoint"]
     ordered = sorted(result.test.items(), key=lambda item: item[0] != "test_accuracy")  # accuracy first
     measured = ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in ordered)
-    where = f"{checkpoint['tag']} checkpoint, epoch {checkpoint['epoch']}"
-    print(f"test {measured} on {info['data']['test']} test examples ({where}; {info['train_seconds']:.0f} s training)")
+    seconds = info["train_seconds"]
+    where = f"{checkpoint['tag']} checkpoint, epoch {checkpoint['epoch']}; {seconds:.0f} s training"
+    print(f"test {measured} on {info['data']['test']} test examples ({where})")
     print(f"run folder: {result.run_dir}")
 
 
