@@ -361,7 +361,7 @@ def test_decode_image_handles_formats_and_modes(fmt: str, mode: str) -> None:
     rgb = sources.decode_image(buffer.getvalue())
     assert rgb.dtype == torch.uint8 and rgb.shape == (3, 3, 5)
     assert sources.decode_image(buffer.getvalue(), grayscale=True, size=4).shape == (1, 4, 4)
-    with pytest.raises(sources._BAD_IMAGE_ERRORS):
+    with pytest.raises(sources.BAD_IMAGE_ERRORS):
         sources.decode_image(b"not an image")
 
 

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from dlzoo.config import RunConfig
 from dlzoo.data.loader import BatchLoader, Normalizer, split_train_val
 from dlzoo.data.pipeline import load_data
+from dlzoo.data.sources import BAD_IMAGE_ERRORS, decode_image
 from dlzoo.models import create_model
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.registry import TASKS
@@ -122,16 +121,11 @@ def load_image(path: Path, in_shape: tuple[int, ...], invert: bool = False) -> t
     """A user's image of any size and colour as a uint8 (C, H, W) tensor shaped for the model."""
     channels, height, width = in_shape
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(
-            f"{path} is not a readable image ({type(error).__name__}); give a PNG or JPEG"
-        ) from None
-    tensor = torch.from_numpy(pixels.copy())
-    tensor = tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
-    return 255 - tensor if invert else tensor
+        image = decode_image(path.read_bytes(), grayscale=channels == 1, size=(height, width))
+    except BAD_IMAGE_ERRORS as error:
+        kind = type(error).__name__
+        raise ValueError(f"{path} is not a readable image ({kind}); give a PNG or JPEG file") from None
+    return 255 - image if invert else image
 
 
 def predict(

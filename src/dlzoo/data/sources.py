@@ -69,7 +69,7 @@ CACHE_VERSION = 1
 """Bump when the decoding changes, so stale caches are not reused."""
 
 # Errors that mean "this file is not a readable image" (PIL's UnidentifiedImageError is an OSError).
-_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------- splits and files
@@ -242,13 +242,15 @@ class FileTree:
         self.close()
 
 
-def decode_image(data: bytes, *, grayscale: bool = False, size: int | None = None) -> torch.Tensor:
-    """Encoded image bytes -> uint8 (C, H, W), C = 1 or 3, resized to (size, size) when given.
+def decode_image(
+    data: bytes, *, grayscale: bool = False, size: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Encoded image bytes -> uint8 (C, H, W), C = 1 or 3, resized to ``size`` (a side or (H, W)) when given.
 
     torchvision's decoder handles JPEG/PNG/GIF/WebP about 3x faster than PIL;
     anything it refuses (BMP, TIFF, 16-bit PNG, animated GIF...) goes through
     PIL, as does everything once torchvision drops its decoders (deprecated
-    since 0.29 in favour of TorchCodec). Raises one of ``_BAD_IMAGE_ERRORS``
+    since 0.29 in favour of TorchCodec). Raises one of ``BAD_IMAGE_ERRORS``
     when the bytes are not an image.
     """
     channels = 1 if grayscale else 3
@@ -271,10 +273,11 @@ def decode_image(data: bytes, *, grayscale: bool = False, size: int | None = Non
             upright = ImageOps.exif_transpose(pil_image)
             array = np.asarray(upright.convert("L" if grayscale else "RGB"))
         image = torch.from_numpy(array.reshape(*array.shape[:2], channels).copy()).permute(2, 0, 1)
-    if size is not None and tuple(image.shape[1:]) != (size, size):
+    target = (size, size) if isinstance(size, int) else size
+    if target is not None and tuple(image.shape[1:]) != tuple(target):
         from torchvision.transforms.v2.functional import resize
 
-        image = resize(image, [size, size], antialias=True)
+        image = resize(image, list(target), antialias=True)
     return image
 
 
@@ -297,7 +300,7 @@ def decode_images(
     for index, name in enumerate(files):
         try:
             image = decode_image(tree.read(name), grayscale=grayscale, size=size)
-        except _BAD_IMAGE_ERRORS as err:
+        except BAD_IMAGE_ERRORS as err:
             if skip_bad:
                 continue
             raise ValueError(
