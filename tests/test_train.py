@@ -62,7 +62,11 @@ def test_tensorboard_has_the_promised_series(digits_run):
             tags.update(events[kind])
         if events["graph"]:
             tags.add("graph")
+        tags.update(
+            f"hparams:{k}" for k in EventAccumulator(str(folder)).Reload().PluginTagToContent("hparams")
+        )
     assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "inputs", "graph"} <= tags
+    assert {"hparams:_hparams_/experiment", "hparams:_hparams_/session_end_info"} <= tags
     assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
 
 
@@ -195,3 +199,68 @@ def test_list_prints_matching_recipes(capsys):
     assert main(["list", "mnist-*"]) == 0
     out = capsys.readouterr().out
     assert "mnist-lenet5" in out and "mnist-mlp" in out and "cifar10" not in out
+
+
+def test_regression_task_fits_a_linear_function(tmp_path, monkeypatch):
+    """The regress task through the same loop: y = 2*x0 - 3*x1 + 1 + noise."""
+    from dlzoo.config import RunConfig
+    from dlzoo.data.core import DataBundle, Split
+    from dlzoo.registry import DATASETS
+
+    def line(root, download):
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(600, 2, generator=generator)
+        y = (2 * x[:, 0] - 3 * x[:, 1] + 1 + 0.01 * torch.randn(600, generator=generator))[:, None]
+        return DataBundle(Split(x[:500], y[:500]), Split(x[500:], y[500:]), classes=["y"], source="a line")
+
+    monkeypatch.setitem(DATASETS._entries, "line", line)
+    cfg = RunConfig.from_dict(
+        {
+            "data": {"name": "line", "batch_size": 50},
+            "model": {"name": "linear"},
+            "task": {"name": "regress"},
+            "optim": {"name": "sgd", "lr": 0.1},
+            "train": {"epochs": 20, "monitor": "val_loss", "monitor_mode": "min"},
+            "log": {"runs_dir": str(tmp_path), "tensorboard": False},
+        },
+        "line-regression",
+    )
+    result = dlzoo.train(cfg, quiet=True)
+    assert result.test["test_loss"] < 1e-3 and result.test["test_mae"] < 0.03
+    assert not (result.run_dir / "confusion.json").exists()
+
+
+def test_bf16_autocast_and_channels_last_switch_on(tmp_path):
+    result = dlzoo.train(
+        "digits-lenet5",
+        [
+            "train.bf16=on",
+            "train.channels_last=on",
+            "train.max_steps=30",
+            "log.tensorboard=false",
+            "train.threads=1",
+        ],
+        runs_dir=str(tmp_path),
+        quiet=True,
+    )
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["precision"] == {"bf16_autocast": True, "channels_last": True}
+    assert (
+        result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+        or result.test["test_accuracy"] > 0.3
+    )
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    from dlzoo.models import create_model
+    from dlzoo.tasks.classify import ClassifyTask
+
+    cfg = load_recipe("digits-lenet5", ["optim.name=sgd", "optim.lr=1.0", "optim.grad_clip=0.01"])
+    model = create_model("softmax", 10, (1, 8, 8))
+    task = ClassifyTask(model, cfg, 10)
+    task.configure_optimizers(steps_per_epoch=1, total_steps=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    task.train_step(torch.randn(16, 1, 8, 8) * 100, torch.randint(0, 10, (16,)))
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert moved <= 0.01 + 1e-6  # lr 1 x clipped gradient norm 0.01
+    assert moved > 0.005

@@ -158,7 +158,7 @@ def test_fashion_mnist_code_path_on_files_in_the_official_format(tmp_path, capsy
 
 def test_monitoring_validation_without_a_validation_split_is_refused_before_writing(tmp_path, capsys):
     code = main(["train", "iris-softmax", "--set", "data.val_fraction=0", "--runs-dir", str(tmp_path), *FAST])
-    assert code == 2 and "needs a validation split" in error_line(capsys)
+    assert code == 2 and "leaves no validation split" in error_line(capsys)
     assert not list(tmp_path.rglob("run.json"))
 
 

@@ -1,7 +1,8 @@
-"""Linear models: the perceptron, logistic regression and softmax regression.
+"""Linear models: linear regression, the perceptron, logistic and softmax regression.
 
-All three are one affine map of the flattened input; they differ in what the
+All four are one affine map of the flattened input; they differ in what the
 outputs mean and in the loss that trains them:
+- linear regression: one output per target, mean squared error (``task.name = "regress"``);
 - perceptron: one score per class, trained with the perceptron criterion
   (``task.loss = "perceptron"``: only mistakes move the weights; Rosenblatt 1958);
 - logistic regression: one logit for two classes, sigmoid + binary cross-entropy;
@@ -25,6 +26,12 @@ class LinearClassifier(Classifier):
         super().__init__()
         self.features = nn.Flatten()
         self.classifier = nn.Linear(math.prod(in_shape), num_outputs)
+
+
+@MODELS.register("linear")
+def linear(num_classes: int, in_shape: tuple[int, ...]) -> LinearClassifier:
+    """For regression ``num_classes`` is the number of targets (the data set's target names)."""
+    return LinearClassifier(in_shape, num_classes)
 
 
 @MODELS.register("perceptron")

@@ -51,6 +51,10 @@ class Task:
         """Metrics of one batch besides the loss (accuracy, ...), as batch means."""
         return {}
 
+    def metric_names(self) -> list[str]:
+        """Names of what ``train_step``/``eval_step`` return (the loop prefixes train_/val_/test_)."""
+        return ["loss"]
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         (optimizer,) = self.optimizers
         optimizer.zero_grad(set_to_none=True)

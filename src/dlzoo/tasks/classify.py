@@ -50,10 +50,14 @@ class ClassifyTask(Task):
             return perceptron_loss(outputs, y)
         return F.cross_entropy(outputs, y, label_smoothing=self.cfg.task.label_smoothing)
 
+    def metric_names(self) -> list[str]:
+        top_k = [f"top{self.cfg.task.top_k}_accuracy"] if self.num_classes > self.cfg.task.top_k else []
+        return ["loss", "accuracy", *top_k]
+
     def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         metrics = {"accuracy": (predicted_class(outputs) == y).float().mean().item()}
         k = self.cfg.task.top_k
-        if outputs.shape[1] > k:
+        if self.num_classes > k:
             top = outputs.topk(k, dim=1).indices
             metrics[f"top{k}_accuracy"] = (top == y[:, None]).any(dim=1).float().mean().item()
         return metrics

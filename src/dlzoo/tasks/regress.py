@@ -14,5 +14,8 @@ class RegressTask(Task):
     def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs.float(), y.float().reshape(outputs.shape))
 
+    def metric_names(self) -> list[str]:
+        return ["loss", "mae"]
+
     def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return {"mae": (outputs.float() - y.float().reshape(outputs.shape)).abs().mean().item()}

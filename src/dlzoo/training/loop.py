@@ -9,7 +9,6 @@ when asked. The test split is measured once, at the end, with the weights
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import time
@@ -23,8 +22,9 @@ import torch
 from torch import nn
 
 from dlzoo.config import RunConfig
+from dlzoo.data.core import DataBundle
 from dlzoo.data.loader import BatchLoader
-from dlzoo.data.pipeline import build_loaders, load_data
+from dlzoo.data.pipeline import Loaders, build_loaders, load_data
 from dlzoo.errors import TrainingError
 from dlzoo.models import create_model
 from dlzoo.registry import TASKS
@@ -176,8 +176,22 @@ def training_state(task: Task, state: TrainState) -> dict[str, Any]:
     }
 
 
-def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
-    """Train ``cfg`` end to end and measure the test split once; returns the run folder and results."""
+@dataclass
+class Experiment:
+    """Everything a run trains, built and checked before anything is written to disk."""
+
+    cfg: RunConfig
+    bundle: DataBundle
+    loaders: Loaders
+    model: nn.Module
+    task: Task
+    device: torch.device
+    channels_last: bool
+    bf16: bool
+
+
+def build_experiment(cfg: RunConfig) -> Experiment:
+    """Data, model, task and optimisers for ``cfg``; a user mistake raises here, before the run folder."""
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -193,85 +207,111 @@ def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
     bf16 = resolve_toggle(cfg.train.bf16, auto=bf16_supported(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     task: Task = TASKS.get(cfg.task.name)(model, cfg, len(bundle.classes))
+    splits = ["train", "val"] if loaders.val is not None else ["train"]
+    monitorable = [f"{split}_{name}" for split in splits for name in task.metric_names()]
+    if cfg.train.monitor not in monitorable:
+        hint = " (data.val_fraction=0 leaves no validation split)" if loaders.val is None else ""
+        raise ValueError(
+            f"train.monitor={cfg.train.monitor} is not a metric of this run{hint}: "
+            f"choose one of {', '.join(monitorable)}"
+        )
     epoch_steps = len(loaders.train)
     total_steps = cfg.train.epochs * epoch_steps
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    if loaders.val is None and cfg.train.monitor.startswith("val_"):
-        raise ValueError(
-            f"train.monitor={cfg.train.monitor} needs a validation split but data.val_fraction=0: "
-            "set data.val_fraction > 0, or train.monitor=train_loss with train.monitor_mode=min"
-        )
     task.configure_optimizers(epoch_steps, total_steps)
     if bf16:
         task.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    else:
-        task.autocast = contextlib.nullcontext
+    return Experiment(cfg, bundle, loaders, model, task, device, channels_last, bf16)
 
-    run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
-    checkpoints = run_dir / "checkpoints"
-    info = {
-        "recipe": cfg.recipe,
+
+def run_info(exp: Experiment) -> dict[str, Any]:
+    """The facts of a run that ``run.json`` records (updated again when it ends)."""
+    loaders = exp.loaders
+    return {
+        "recipe": exp.cfg.recipe,
         "status": "running",
         "started": runinfo.now(),
         "dlzoo_version": runinfo.version(),
         "git_revision": runinfo.git_revision(),
-        "seed": cfg.train.seed,
-        "machine": runinfo.machine_info(device),
-        "precision": {"bf16_autocast": bf16, "channels_last": channels_last},
+        "seed": exp.cfg.train.seed,
+        "machine": runinfo.machine_info(exp.device),
+        "precision": {"bf16_autocast": exp.bf16, "channels_last": exp.channels_last},
         "data": {
-            "source": bundle.source,
-            "classes": bundle.classes,
-            "in_shape": list(in_shape),
+            "source": exp.bundle.source,
+            "classes": exp.bundle.classes,
+            "in_shape": list(exp.bundle.train.x.shape[1:]),
             "train": loaders.train.num_examples,
             "val": loaders.val.num_examples if loaders.val else 0,
             "test": loaders.test.num_examples,
         },
         "normalizer": loaders.normalizer.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in exp.model.parameters()),
     }
+
+
+def checkpoint_epoch(exp: Experiment, state: TrainState, row: dict[str, float], folder: Path) -> None:
+    """Save ``best`` when the monitored metric improved, and ``last`` always."""
+    train_cfg = exp.cfg.train
+    if improved(row[train_cfg.monitor], state.best, train_cfg.monitor_mode):
+        state.best, state.best_epoch, state.bad_epochs = row[train_cfg.monitor], state.epoch, 0
+        save_checkpoint(folder, "best", exp.model, training_state(exp.task, state))
+    else:
+        state.bad_epochs += 1
+    save_checkpoint(folder, "last", exp.model, training_state(exp.task, state))
+
+
+def measure_test(
+    exp: Experiment, state: TrainState, run_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Load the chosen checkpoint and measure the test split, once; writes confusion.json."""
+    tag = exp.cfg.train.test_checkpoint
+    load_weights(run_dir / "checkpoints", tag, exp.model)
+    test = evaluate(exp.task, exp.loaders.test, exp.channels_last, prefix="test")
+    if exp.cfg.task.name == "classify":
+        predicted, target = predict_classes(exp.model, exp.loaders.test, exp.channels_last)
+        matrix = confusion_matrix(predicted, target, len(exp.bundle.classes)).tolist()
+        runinfo.write_json(run_dir / "confusion.json", {"classes": exp.bundle.classes, "matrix": matrix})
+    return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
+
+
+def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
+    """Train ``cfg`` end to end and measure the test split once; returns the run folder and results."""
+    exp = build_experiment(cfg)
+    run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
+    info = run_info(exp)
     runinfo.write_json(run_dir / "config.json", cfg.to_dict())
     runinfo.write_json(run_dir / "run.json", info)
     say = (lambda *_: None) if quiet else print
-    say(f"run folder {run_dir}  ({info['data']['source']}; {info['parameters']:,} parameters; {device})")
+    say(f"run folder {run_dir}  ({exp.bundle.source}; {info['parameters']:,} parameters; {exp.device})")
 
     metrics_file = MetricsFile(run_dir)
     board = TensorBoardLogger(run_dir, cfg.log.histograms) if cfg.log.tensorboard else None
     if board:
-        x0, _ = next(iter(loaders.test))
-        images = bundle.train.x[:32].float() / 255 if bundle.train.is_image else None
-        board.start(model, prepare_batch(x0[:2], channels_last), images)
+        x0, _ = next(iter(exp.loaders.test))
+        images = exp.bundle.train.x[:32].float() / 255 if exp.bundle.train.is_image else None
+        board.start(exp.model, prepare_batch(x0[:2], exp.channels_last), images)
     progress = ProgressBar(cfg.log.progress and not quiet)
-    state = TrainState()
-    history: list[dict[str, Any]] = []
-    stopped_early = False
-    monitor = cfg.train.monitor
+    state, history, stopped_early = TrainState(), [], False
     started = time.perf_counter()
     try:
         while state.epoch < cfg.train.epochs:
-            row = train_one_epoch(task, loaders.train, state, cfg, progress, channels_last)
-            if loaders.val is not None:
-                row.update(evaluate(task, loaders.val, channels_last))
+            row = train_one_epoch(exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last)
+            if exp.loaders.val is not None:
+                row.update(evaluate(exp.task, exp.loaders.val, exp.channels_last))
             state.epoch += 1
-            row = {"epoch": state.epoch, "step": state.step, "lr": task.lr, **row}
+            row = {"epoch": state.epoch, "step": state.step, "lr": exp.task.lr, **row}
             history.append(row)
             metrics_file.append(row)
             if board:
                 board.epoch_end(
-                    model, {k: v for k, v in row.items() if k not in ("epoch", "step")}, state.epoch
+                    exp.model, {k: v for k, v in row.items() if k not in ("epoch", "step")}, state.epoch
                 )
-            if monitor not in row:
-                raise TrainingError(f"train.monitor={monitor!r} is not a metric of this run: {sorted(row)}")
-            if improved(row[monitor], state.best, cfg.train.monitor_mode):
-                state.best, state.best_epoch, state.bad_epochs = row[monitor], state.epoch, 0
-                save_checkpoint(checkpoints, "best", model, training_state(task, state))
-            else:
-                state.bad_epochs += 1
-            save_checkpoint(checkpoints, "last", model, training_state(task, state))
+            checkpoint_epoch(exp, state, row, run_dir / "checkpoints")
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             patience = cfg.train.early_stopping_patience
             if patience and state.bad_epochs >= patience:
-                say(f"early stop: {monitor} did not improve for {patience} epochs")
+                say(f"early stop: {cfg.train.monitor} did not improve for {patience} epochs")
                 stopped_early = True
                 break
             if cfg.train.max_steps and state.step >= cfg.train.max_steps:
@@ -279,44 +319,34 @@ def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
     except NonFiniteLossError as error:
         info.update(status="failed", error=str(error), finished=runinfo.now())
         runinfo.write_json(run_dir / "run.json", info)
-        kept = (
-            f"the last good checkpoint is {checkpoints / 'last'} (epoch {state.epoch})"
-            if state.epoch
-            else ("no checkpoint was written")
-        )
+        kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last'} (epoch {state.epoch})"
         raise TrainingError(
-            f"training stopped at epoch {state.epoch + 1}, step {state.step + 1}: {error}; {kept}. "
+            f"training stopped at epoch {state.epoch + 1}, step {state.step + 1}: {error}; "
+            f"{kept if state.epoch else 'no checkpoint was written'}. "
             "Try a lower optim.lr or set optim.grad_clip"
         ) from None
     train_seconds = time.perf_counter() - started
 
-    tag = cfg.train.test_checkpoint
-    test_epoch = state.best_epoch if tag == "best" else state.epoch
-    load_weights(checkpoints, tag, model)
-    test = evaluate(task, loaders.test, channels_last, prefix="test")
-    if cfg.task.name == "classify":
-        predicted, target = predict_classes(model, loaders.test, channels_last)
-        confusion = confusion_matrix(predicted, target, len(bundle.classes))
-        runinfo.write_json(
-            run_dir / "confusion.json", {"classes": bundle.classes, "matrix": confusion.tolist()}
-        )
+    test, tested = measure_test(exp, state, run_dir)
     info.update(
         status="finished",
         finished=runinfo.now(),
         train_seconds=round(train_seconds, 2),
         epochs_run=state.epoch,
-        test_checkpoint={"tag": tag, "epoch": test_epoch},
+        test_checkpoint=tested,
         test=test,
     )
     runinfo.write_json(run_dir / "run.json", info)
     if cfg.log.plots:
         plot_curves(history, run_dir / "curves.png", f"{cfg.recipe} (seed {cfg.train.seed})")
     if board:
-        hparams = {
-            "model": cfg.model.name,
-            "optim": cfg.optim.name,
-            "lr": cfg.optim.lr,
-            **cfg.model.model_kwargs(),
-        }
-        board.finish(hparams, test)
+        board.finish(
+            {
+                "model": cfg.model.name,
+                "optim": cfg.optim.name,
+                "lr": cfg.optim.lr,
+                **cfg.model.model_kwargs(),
+            },
+            test,
+        )
     return RunResult(run_dir=run_dir, test=test, history=history, stopped_early=stopped_early)
