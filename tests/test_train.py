@@ -264,3 +264,27 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert moved <= 0.01 + 1e-6  # lr 1 x clipped gradient norm 0.01
     assert moved > 0.005
+
+
+def test_an_epoch_callback_sees_each_row_and_can_stop_the_run(tmp_path):
+    from dlzoo.errors import StopRun
+
+    seen = []
+
+    def stop_after_two(row):
+        seen.append(row["epoch"])
+        if row["epoch"] == 2:
+            raise StopRun("pruned")
+
+    with pytest.raises(StopRun):
+        dlzoo.train(
+            "iris-softmax",
+            ["train.epochs=10", "log.tensorboard=false"],
+            runs_dir=str(tmp_path),
+            quiet=True,
+            on_epoch_end=stop_after_two,
+        )
+    assert seen == [1, 2]
+    (run,) = (tmp_path / "iris-softmax").iterdir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped" and info["epochs_run"] == 2 and "test" not in info

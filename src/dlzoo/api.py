@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,13 @@ def train(
     data_dir: str | None = None,
     runs_dir: str | None = None,
     quiet: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Train a recipe (a name, a TOML path or a ``RunConfig``) and measure its test split once."""
+    """Train a recipe (a name, a TOML path or a ``RunConfig``) and measure its test split once.
+
+    ``on_epoch_end(row)`` is called with each epoch's metrics; raising ``dlzoo.errors.StopRun``
+    from it ends the run early (how a sweep prunes a trial).
+    """
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe)
     extra = list(overrides or [])
     if data_dir is not None:
@@ -45,7 +51,7 @@ def train(
         extra.append(f"log.runs_dir={runs_dir}")
     if quiet:
         extra.append("log.progress=false")
-    return train_config(cfg.with_overrides(extra), quiet=quiet)
+    return train_config(cfg.with_overrides(extra), quiet=quiet, on_epoch_end=on_epoch_end)
 
 
 @dataclass

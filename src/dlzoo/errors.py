@@ -7,3 +7,8 @@ class CheckpointError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training could not go on (e.g. a non-finite loss); the message says what to do."""
+
+
+class StopRun(Exception):  # noqa: N818  (a signal, not a failure)
+    """Raised by an ``on_epoch_end`` callback to end a run early (a pruned sweep trial):
+    the run folder is marked ``stopped`` and the exception reaches the caller."""

@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle
 from dlzoo.data.loader import BatchLoader
 from dlzoo.data.pipeline import Loaders, build_loaders, load_data
-from dlzoo.errors import TrainingError
+from dlzoo.errors import StopRun, TrainingError
 from dlzoo.models import create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.plots import plot_curves
@@ -275,8 +276,14 @@ def measure_test(
     return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
 
 
-def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
-    """Train ``cfg`` end to end and measure the test split once; returns the run folder and results."""
+def train(
+    cfg: RunConfig, quiet: bool = False, on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+) -> RunResult:
+    """Train ``cfg`` end to end and measure the test split once; returns the run folder and results.
+
+    ``on_epoch_end(row)`` sees each epoch's metrics row after it is logged and checkpointed;
+    raising ``StopRun`` from it ends the run early (marked ``stopped``, no test measurement).
+    """
     exp = build_experiment(cfg)
     run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
     info = run_info(exp)
@@ -314,8 +321,14 @@ def train(cfg: RunConfig, quiet: bool = False) -> RunResult:
                 say(f"early stop: {cfg.train.monitor} did not improve for {patience} epochs")
                 stopped_early = True
                 break
+            if on_epoch_end is not None:
+                on_epoch_end(row)
             if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                 break
+    except StopRun:
+        info.update(status="stopped", finished=runinfo.now(), epochs_run=state.epoch)
+        runinfo.write_json(run_dir / "run.json", info)
+        raise
     except NonFiniteLossError as error:
         info.update(status="failed", error=str(error), finished=runinfo.now())
         runinfo.write_json(run_dir / "run.json", info)
