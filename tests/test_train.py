@@ -35,11 +35,14 @@ def test_run_folder_holds_everything(digits_run):
         "metrics.csv",
         "curves.png",
         "confusion.json",
-        "checkpoints/last.safetensors",
-        "checkpoints/last.state.pt",
-        "checkpoints/best.safetensors",
+        "checkpoints/last",
+        "checkpoints/best",
     ):
         assert (run / name).is_file(), name
+    last = (run / "checkpoints" / "last").read_text().strip()
+    assert last == "epoch-0004"
+    assert (run / "checkpoints" / last / "model.safetensors").is_file()
+    assert (run / "checkpoints" / last / "state.pt").is_file()
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["seed"] == 0 and info["dlzoo_version"] == dlzoo.__version__
     assert info["git_revision"] and info["machine"]["torch"] == torch.__version__
@@ -142,7 +145,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     from safetensors.torch import load_file
 
-    weights = load_file(run / "checkpoints" / "last.safetensors")
+    last = (run / "checkpoints" / "last").read_text().strip()
+    assert last == "epoch-0001"
+    weights = load_file(run / "checkpoints" / last / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not list(run.rglob("*.tmp")), "no half-written files"
 

@@ -27,6 +27,7 @@ from dlzoo.training.checkpoint import load_weights
 from dlzoo.training.loop import RunResult, pick_device, predict_classes
 from dlzoo.training.loop import evaluate as evaluate_split
 from dlzoo.training.loop import train as train_config
+from dlzoo.training.resume import find_resumable, resume_config
 from dlzoo.training.run import read_json
 
 
@@ -37,11 +38,16 @@ def train(
     runs_dir: str | None = None,
     quiet: bool = False,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    resume: str | Path | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Train a recipe (a name, a TOML path or a ``RunConfig``) and measure its test split once.
 
-    ``on_epoch_end(row)`` is called with each epoch's metrics; raising ``dlzoo.errors.StopRun``
-    from it ends the run early (how a sweep prunes a trial).
+    ``resume`` (a run folder, or ``"auto"`` for the newest unfinished run of the recipe)
+    continues that run exactly where its last checkpoint left it; overrides that change its
+    saved config are refused unless ``force``. ``on_epoch_end(row)`` is called with each
+    epoch's metrics; raising ``dlzoo.errors.StopRun`` from it ends the run early (how a sweep
+    prunes a trial).
     """
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe)
     extra = list(overrides or [])
@@ -51,7 +57,14 @@ def train(
         extra.append(f"log.runs_dir={runs_dir}")
     if quiet:
         extra.append("log.progress=false")
-    return train_config(cfg.with_overrides(extra), quiet=quiet, on_epoch_end=on_epoch_end)
+    if resume is None:
+        return train_config(cfg.with_overrides(extra), quiet=quiet, on_epoch_end=on_epoch_end)
+    if str(resume) == "auto":
+        run_dir = find_resumable(runs_dir or cfg.log.runs_dir, cfg.recipe)
+    else:
+        run_dir = Path(resume)
+    resumed = resume_config(run_dir, cfg.recipe, extra, force)
+    return train_config(resumed, quiet=quiet, on_epoch_end=on_epoch_end, resume_from=run_dir)
 
 
 @dataclass

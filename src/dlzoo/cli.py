@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dlzoo.errors import CheckpointError, TrainingError
+from dlzoo.errors import CheckpointError, TrainingError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
 LISTS = ("recipes", "models", "datasets", "tasks", "optimizers", "schedules")
@@ -68,7 +68,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    result = train(args.recipe, overrides, data_dir=args.data_dir, runs_dir=args.runs_dir, quiet=args.quiet)
+    result = train(
+        args.recipe,
+        overrides,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        quiet=args.quiet,
+        resume=args.resume,
+        force=args.force,
+    )
     info = json.loads((result.run_dir / "run.json").read_text())
     checkpoint = info["test_checkpoint"]
     ordered = sorted(result.test.items(), key=lambda item: item[0] != "test_accuracy")  # accuracy first
@@ -171,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", help="folder with local data / download cache (default $DLZOO_DATA_DIR)")
     sub.add_argument("--runs-dir", help="parent folder of run folders (default ./runs)")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    sub.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run exactly from its last checkpoint (auto: the newest unfinished one)",
+    )
+    sub.add_argument(
+        "--force", action="store_true", help="with --resume: accept overrides that change its config"
+    )
 
     sub = add("eval", cmd_eval, "accuracy, per-class accuracy and confusion matrix of a finished run")
     sub.add_argument("run", help="run folder")
@@ -218,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+    except TrainingInterrupted as error:
+        print(str(error), file=sys.stderr)
+        return 130
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

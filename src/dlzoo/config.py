@@ -262,6 +262,10 @@ class TrainConfig:
     """max or min: whether a larger monitored value is better."""
     early_stopping_patience: int = 0
     """Stop after this many epochs without improvement (0 = off)."""
+    keep_every: int = 0
+    """Also keep the checkpoint of every N-th epoch (0 = keep only last and best)."""
+    keep_limit: int = 0
+    """At most this many of those every-N checkpoints, the newest (0 = no limit)."""
     test_checkpoint: str = "best"
     """Weights measured once on the test split at the end: best (by the monitor on val) or last."""
 
@@ -273,7 +277,7 @@ class TrainConfig:
         _check_choice("train.test_checkpoint", self.test_checkpoint, ("best", "last"))
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        for name in ("max_steps", "early_stopping_patience", "threads"):
+        for name in ("max_steps", "early_stopping_patience", "threads", "keep_every", "keep_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 

@@ -34,6 +34,16 @@ class MetricsFile:
             writer.writeheader()
             writer.writerows(rows)
 
+    def keep_until(self, epoch: int) -> list[dict[str, Any]]:
+        """Drop rows after ``epoch`` (written after the checkpoint a resumed run starts from)."""
+        rows = [row for row in self.read() if row["epoch"] <= epoch]
+        if self.jsonl.exists():
+            self.jsonl.unlink()
+        self.csv.unlink(missing_ok=True)
+        for row in rows:
+            self.append(row)
+        return rows
+
     def read(self) -> list[dict[str, Any]]:
         if not self.jsonl.exists():
             return []
@@ -44,10 +54,11 @@ class TensorBoardLogger:
     """Scalars, weight/gradient histograms, an input batch, the graph and hparams
     through ``torch.utils.tensorboard``; events go to ``<run>/tensorboard``."""
 
-    def __init__(self, run_dir: Path, histograms: bool) -> None:
+    def __init__(self, run_dir: Path, histograms: bool, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # purge_step: a resumed run discards events logged after its checkpoint
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
         self.histograms = histograms
 
     def scalars(self, values: dict[str, float], step: int) -> None:

@@ -9,8 +9,11 @@ when asked. The test split is measured once, at the end, with the weights
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,7 +29,7 @@ from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle
 from dlzoo.data.loader import BatchLoader
 from dlzoo.data.pipeline import Loaders, build_loaders, load_data
-from dlzoo.errors import StopRun, TrainingError
+from dlzoo.errors import CheckpointError, StopRun, TrainingError, TrainingInterrupted
 from dlzoo.models import create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.plots import plot_curves
@@ -34,7 +37,18 @@ from dlzoo.tasks import NonFiniteLossError, Task
 from dlzoo.tasks.classify import confusion_matrix, predicted_class
 from dlzoo.training import run as runinfo
 from dlzoo.training.callbacks import MetricsFile, ProgressBar, TensorBoardLogger
-from dlzoo.training.checkpoint import load_weights, save_checkpoint
+from dlzoo.training.checkpoint import (
+    checkpoint_name,
+    complete_checkpoints,
+    load_checkpoint,
+    load_weights,
+    prune,
+    read_pointer,
+    set_pointer,
+    whole_epoch,
+    write_checkpoint,
+)
+from dlzoo.training.resume import RunLock
 
 
 @dataclass
@@ -48,8 +62,16 @@ class TrainState:
     best: float | None = None
     """Best monitored value so far."""
     best_epoch: int = 0
+    best_checkpoint: str = ""
+    """Name of the checkpoint folder with the best monitored value."""
     bad_epochs: int = 0
     """Epochs since the monitored value last improved (early stopping)."""
+    batch: int = 0
+    """Batches done in the current, unfinished epoch (non-zero only in a mid-epoch checkpoint)."""
+    partial: dict[str, float] = field(default_factory=dict)
+    """Example-weighted sums of the step metrics over those batches, and ``seen`` examples."""
+    train_seconds: float = 0.0
+    """Training time so far, over every session of the run."""
 
 
 @dataclass
@@ -100,6 +122,35 @@ def prepare_batch(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+class GracefulStop:
+    """Ctrl-C and SIGTERM ask the loop to stop at the next batch boundary, where the state is
+    consistent (weights, optimiser and counters all after the same step); a second Ctrl-C
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for kind in (signal.SIGINT, signal.SIGTERM):
+                self.previous[kind] = signal.signal(kind, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for kind, handler in self.previous.items():
+            signal.signal(kind, handler)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def train_one_epoch(
     task: Task,
     loader: BatchLoader,
@@ -107,23 +158,30 @@ def train_one_epoch(
     cfg: RunConfig,
     progress: ProgressBar,
     channels_last: bool,
+    stop: GracefulStop | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split; returns the example-weighted means of the step metrics."""
+    """One pass over the training split (from ``state.batch`` on, after a mid-epoch stop);
+    returns the example-weighted means of the step metrics."""
     task.model.train()
-    loader.set_epoch(state.epoch)
-    totals: dict[str, float] = defaultdict(float)
-    seen = 0
-    progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader))
+    loader.set_epoch(state.epoch, start_batch=state.batch)
+    totals: dict[str, float] = defaultdict(float, state.partial)
+    progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
     for x, y in loader:
+        if stop is not None:
+            stop.check()
         metrics = task.train_step(prepare_batch(x, channels_last), y)
         state.step += 1
-        seen += len(y)
+        state.batch += 1
+        totals["seen"] += len(y)
         for name, value in metrics.items():
             totals[name] += value * len(y)
+        state.partial = dict(totals)
         progress.advance(len(y), metrics["loss"])
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
             break
     samples_per_second = progress.end_epoch()
+    seen = totals.pop("seen")
+    state.batch, state.partial = 0, {}
     means = {f"train_{name}": total / seen for name, total in totals.items()}
     return {**means, "samples_per_second": samples_per_second}
 
@@ -161,20 +219,29 @@ def improved(value: float, best: float | None, mode: str) -> bool:
 
 
 def training_state(task: Task, state: TrainState) -> dict[str, Any]:
-    """Everything besides the weights that a resumed run needs."""
-    return {
-        "step": state.step,
-        "epoch": state.epoch,
-        "best": state.best,
-        "best_epoch": state.best_epoch,
-        "bad_epochs": state.bad_epochs,
-        "task": task.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state()[1],
-            "python": str(random.getstate()),
-        },
+    """Everything besides the weights that a resumed run needs, as ``weights_only``-safe types."""
+    numpy_state = np.random.get_state()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "rest": list(numpy_state[2:])},
+        "python": random.getstate(),
     }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {**dataclasses.asdict(state), "task": task.state_dict(), "rng": rng}
+
+
+def restore_state(task: Task, saved: dict[str, Any]) -> TrainState:
+    """Put optimisers, schedules and RNGs back as they were; returns the counters."""
+    task.load_state_dict(saved["task"])
+    rng = saved["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(("MT19937", rng["numpy"]["keys"].numpy().astype(np.uint32), *rng["numpy"]["rest"]))
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    names = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in saved.items() if k in names})
 
 
 @dataclass
@@ -251,15 +318,36 @@ def run_info(exp: Experiment) -> dict[str, Any]:
     }
 
 
+def save_progress(exp: Experiment, state: TrainState, folder: Path, improved_now: bool = False) -> None:
+    """Write a checkpoint of this moment, point ``last`` (and ``best`` if it improved) at it,
+    then drop checkpoints nothing keeps. The order matters for crash safety: a pointer only
+    ever names a folder that is complete on disk."""
+    name = checkpoint_name(state.epoch, state.batch)
+    if improved_now:
+        state.best_checkpoint = name
+    previous = read_pointer(folder, "last")  # kept as the fallback should the new one be damaged
+    write_checkpoint(folder, name, exp.model, training_state(exp.task, state))
+    set_pointer(folder, "last", name)
+    if improved_now:
+        set_pointer(folder, "best", name)
+    every, limit = exp.cfg.train.keep_every, exp.cfg.train.keep_limit
+    periodic = [
+        n
+        for n in complete_checkpoints(folder)
+        if every and (whole_epoch(n) or 0) % every == 0 and whole_epoch(n)
+    ]
+    prune(folder, {name, previous, state.best_checkpoint, *(periodic[-limit:] if limit else periodic)})
+
+
 def checkpoint_epoch(exp: Experiment, state: TrainState, row: dict[str, float], folder: Path) -> None:
-    """Save ``best`` when the monitored metric improved, and ``last`` always."""
+    """After an epoch: update the best value and early-stopping count, then save."""
     train_cfg = exp.cfg.train
-    if improved(row[train_cfg.monitor], state.best, train_cfg.monitor_mode):
+    better = improved(row[train_cfg.monitor], state.best, train_cfg.monitor_mode)
+    if better:
         state.best, state.best_epoch, state.bad_epochs = row[train_cfg.monitor], state.epoch, 0
-        save_checkpoint(folder, "best", exp.model, training_state(exp.task, state))
     else:
         state.bad_epochs += 1
-    save_checkpoint(folder, "last", exp.model, training_state(exp.task, state))
+    save_progress(exp, state, folder, improved_now=better)
 
 
 def measure_test(
@@ -276,37 +364,78 @@ def measure_test(
     return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
 
 
+def open_run(exp: Experiment, resume_from: Path | None) -> tuple[Path, RunLock, dict[str, Any], TrainState]:
+    """A new run folder, or the resumed one with its state restored; locked either way."""
+    cfg = exp.cfg
+    if resume_from is None:
+        run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
+        lock = RunLock(run_dir)
+        info = run_info(exp)
+        runinfo.write_json(run_dir / "config.json", cfg.to_dict())
+        return run_dir, lock, info, TrainState()
+    run_dir = resume_from
+    lock = RunLock(run_dir)
+    try:
+        saved = load_checkpoint(run_dir / "checkpoints", "last", exp.model)
+    except CheckpointError:
+        lock.release()
+        raise
+    state = restore_state(exp.task, saved)
+    if state.best_checkpoint:
+        set_pointer(run_dir / "checkpoints", "best", state.best_checkpoint)
+    info = runinfo.read_json(run_dir / "run.json")
+    info.setdefault("resumed", []).append({"at": runinfo.now(), "epoch": state.epoch, "batch": state.batch})
+    if cfg.to_dict() != runinfo.read_json(run_dir / "config.json"):
+        runinfo.write_json(run_dir / "config.json", cfg.to_dict())  # resumed with --force
+    return run_dir, lock, info, state
+
+
 def train(
-    cfg: RunConfig, quiet: bool = False, on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    cfg: RunConfig,
+    quiet: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Train ``cfg`` end to end and measure the test split once; returns the run folder and results.
 
-    ``on_epoch_end(row)`` sees each epoch's metrics row after it is logged and checkpointed;
-    raising ``StopRun`` from it ends the run early (marked ``stopped``, no test measurement).
+    ``resume_from`` continues that run folder from its ``last`` checkpoint, exactly: the
+    result equals an uninterrupted run's. ``on_epoch_end(row)`` sees each epoch's metrics
+    row after it is logged and checkpointed; raising ``StopRun`` from it ends the run early
+    (marked ``stopped``, no test measurement).
     """
     exp = build_experiment(cfg)
-    run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
-    info = run_info(exp)
-    runinfo.write_json(run_dir / "config.json", cfg.to_dict())
+    run_dir, lock, info, state = open_run(exp, resume_from)
+    checkpoints = run_dir / "checkpoints"
+    info.update(status="running")
     runinfo.write_json(run_dir / "run.json", info)
     say = (lambda *_: None) if quiet else print
-    say(f"run folder {run_dir}  ({exp.bundle.source}; {info['parameters']:,} parameters; {exp.device})")
+    say(
+        f"run folder {run_dir}  ({exp.bundle.source}; {info['parameters']:,} parameters; {exp.device})"
+        + (f"; resumed at epoch {state.epoch + 1}" if resume_from else "")
+    )
 
     metrics_file = MetricsFile(run_dir)
-    board = TensorBoardLogger(run_dir, cfg.log.histograms) if cfg.log.tensorboard else None
-    if board:
+    history = metrics_file.keep_until(state.epoch)  # rows written after the checkpoint are redone
+    board = (
+        TensorBoardLogger(run_dir, cfg.log.histograms, purge_step=state.epoch + 1)
+        if cfg.log.tensorboard
+        else None
+    )
+    if board and not resume_from:
         x0, _ = next(iter(exp.loaders.test))
         images = exp.bundle.train.x[:32].float() / 255 if exp.bundle.train.is_image else None
         board.start(exp.model, prepare_batch(x0[:2], exp.channels_last), images)
     progress = ProgressBar(cfg.log.progress and not quiet)
-    state, history, stopped_early = TrainState(), [], False
-    started = time.perf_counter()
+    stopped_early = False
+    stop = GracefulStop().__enter__()
+    started = time.perf_counter() - state.train_seconds
     try:
         while state.epoch < cfg.train.epochs:
-            row = train_one_epoch(exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last)
+            row = train_one_epoch(exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last, stop)
             if exp.loaders.val is not None:
                 row.update(evaluate(exp.task, exp.loaders.val, exp.channels_last))
             state.epoch += 1
+            state.train_seconds = time.perf_counter() - started
             row = {"epoch": state.epoch, "step": state.step, "lr": exp.task.lr, **row}
             history.append(row)
             metrics_file.append(row)
@@ -314,7 +443,7 @@ def train(
                 board.epoch_end(
                     exp.model, {k: v for k, v in row.items() if k not in ("epoch", "step")}, state.epoch
                 )
-            checkpoint_epoch(exp, state, row, run_dir / "checkpoints")
+            checkpoint_epoch(exp, state, row, checkpoints)
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             patience = cfg.train.early_stopping_patience
             if patience and state.bad_epochs >= patience:
@@ -325,6 +454,17 @@ def train(
                 on_epoch_end(row)
             if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                 break
+    except KeyboardInterrupt:
+        progress.end_epoch()
+        state.train_seconds = time.perf_counter() - started
+        if state.batch:  # inside an epoch: keep the batches done so far
+            save_progress(exp, state, checkpoints)
+        info.update(status="interrupted", interrupted=runinfo.now(), epochs_run=state.epoch)
+        runinfo.write_json(run_dir / "run.json", info)
+        raise TrainingInterrupted(
+            f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint saved. "
+            f"Resume with: dlzoo train {cfg.recipe} --resume {run_dir}"
+        ) from None
     except StopRun:
         info.update(status="stopped", finished=runinfo.now(), epochs_run=state.epoch)
         runinfo.write_json(run_dir / "run.json", info)
@@ -332,19 +472,27 @@ def train(
     except NonFiniteLossError as error:
         info.update(status="failed", error=str(error), finished=runinfo.now())
         runinfo.write_json(run_dir / "run.json", info)
-        kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last'} (epoch {state.epoch})"
+        kept = f"the last good checkpoint is {checkpoints / 'last'} (epoch {state.epoch})"
         raise TrainingError(
             f"training stopped at epoch {state.epoch + 1}, step {state.step + 1}: {error}; "
             f"{kept if state.epoch else 'no checkpoint was written'}. "
             "Try a lower optim.lr or set optim.grad_clip"
         ) from None
-    train_seconds = time.perf_counter() - started
+    except CheckpointError as error:
+        info.update(status="failed", error=str(error), finished=runinfo.now())
+        runinfo.write_json(run_dir / "run.json", info)
+        raise TrainingError(str(error)) from None
+    finally:
+        stop.__exit__()
+        if board:
+            board.writer.flush()
+        lock.release()
 
     test, tested = measure_test(exp, state, run_dir)
     info.update(
         status="finished",
         finished=runinfo.now(),
-        train_seconds=round(train_seconds, 2),
+        train_seconds=round(state.train_seconds, 2),
         epochs_run=state.epoch,
         test_checkpoint=tested,
         test=test,
