@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "finetune",
     "list_recipes",
     "load_recipe",
     "load_run",

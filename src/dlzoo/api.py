@@ -67,6 +67,24 @@ def train(
     return train_config(resumed, quiet=quiet, on_epoch_end=on_epoch_end, resume_from=run_dir)
 
 
+def finetune(
+    run_dir: str | Path,
+    recipe: str,
+    freeze: list[str] | None = None,
+    features_lr_mult: float = 1.0,
+    overrides: list[str] | None = None,
+    **train_options: Any,
+) -> RunResult:
+    """Train ``recipe`` starting from the best weights of ``run_dir``, with ``freeze`` patterns
+    (e.g. ``["features"]``) kept fixed; a new head is made when the class count differs."""
+    if not (Path(run_dir) / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dlzoo run folder (no run.json)")
+    extra = [f"model.init_from={run_dir}", f"model.features_lr_mult={features_lr_mult}"]
+    if freeze:
+        extra.append(f"model.freeze={','.join(freeze)}")
+    return train(recipe, extra + list(overrides or []), **train_options)
+
+
 @dataclass
 class LoadedRun:
     """A finished run rebuilt from its folder alone."""
@@ -178,4 +196,4 @@ def predict(
     return results
 
 
-__all__ = ["LoadedRun", "evaluate", "list_recipes", "load_recipe", "load_run", "predict", "train"]
+__all__ = ["LoadedRun", "evaluate", "finetune", "list_recipes", "load_recipe", "load_run", "predict", "train"]

@@ -77,6 +77,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         force=args.force,
     )
+    report_result(result)
+
+
+def report_result(result: Any) -> None:
+    """The two lines every training command ends with: the test numbers and the run folder."""
     info = json.loads((result.run_dir / "run.json").read_text())
     checkpoint = info["test_checkpoint"]
     ordered = sorted(result.test.items(), key=lambda item: item[0] != "test_accuracy")  # accuracy first
@@ -84,7 +89,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     seconds = info["train_seconds"]
     where = f"{checkpoint['tag']} checkpoint, epoch {checkpoint['epoch']}; {seconds:.0f} s training"
     print(f"test {measured} on {info['data']['test']} test examples ({where})")
+    if "frozen_unchanged" in info.get("transfer", {}):
+        frozen = info["transfer"]
+        print(f"frozen: {len(frozen['frozen'])} parameter tensors, unchanged: {frozen['frozen_unchanged']}")
     print(f"run folder: {result.run_dir}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from dlzoo.api import finetune
+
+    result = finetune(
+        args.run,
+        args.recipe,
+        freeze=args.freeze,
+        features_lr_mult=args.lr_mult,
+        overrides=args.set,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        quiet=args.quiet,
+    )
+    report_result(result)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -119,6 +143,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for item in results:
         ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
         print(f"{item['file']}: {ranked}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dlzoo.report.html import write_report
+
+    path = write_report(args.runs, args.output, data_dir=args.data_dir, wrong_examples=args.wrong_examples)
+    print(f"report: {path}")
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -188,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="with --resume: accept overrides that change its config"
     )
 
+    sub = add("finetune", cmd_finetune, "train a recipe starting from a run's weights, some of them frozen")
+    sub.add_argument("run", help="run folder whose best weights to start from")
+    sub.add_argument("--recipe", required=True, help="the recipe to train (its data, classes, budget)")
+    sub.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="parameters to keep fixed: features, or a pattern like features.0.* (repeatable)",
+    )
+    sub.add_argument("--lr-mult", type=float, default=1.0, help="lr multiplier for trainable feature layers")
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sub.add_argument("--data-dir")
+    sub.add_argument("--runs-dir")
+    sub.add_argument("--quiet", action="store_true")
+
     sub = add("eval", cmd_eval, "accuracy, per-class accuracy and confusion matrix of a finished run")
     sub.add_argument("run", help="run folder")
     sub.add_argument("--split", choices=("test", "val"), default="test")
@@ -204,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
     sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("report", cmd_report, "one self-contained HTML page about a run, or comparing several runs")
+    sub.add_argument("runs", nargs="+", metavar="RUN", help="run folder; two or more add a comparison")
+    sub.add_argument(
+        "--output", "-o", help="HTML file (default RUN/report.html, or ./report-compare.html for several)"
+    )
+    sub.add_argument("--data-dir", help="where the runs' data is, if not where they were trained")
+    sub.add_argument(
+        "--wrong-examples", type=int, default=16, metavar="N", help="confidently wrong test images to show"
+    )
 
     data = add("data", lambda a: parser.parse_args(["data", "--help"]), "list data sets, import your own")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

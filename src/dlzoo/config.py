@@ -127,9 +127,17 @@ class ModelConfig:
     """Dropout probability."""
     batch_norm: bool | None = None
     """Insert batch normalisation after hidden layers."""
+    init_from: str = ""
+    """Start from these weights: a run folder, recipe:<name> (its newest finished run) or .safetensors."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name patterns to keep fixed, e.g. features or features.0.* (fine-tuning)."""
+    features_lr_mult: float = 1.0
+    """Learning-rate multiplier for trainable feature (non-head) parameters."""
 
     def __post_init__(self) -> None:
         _check_choice("model.init", self.init, INIT_CHOICES)
+        if self.features_lr_mult <= 0:
+            raise ValueError(f"model.features_lr_mult must be > 0, got {self.features_lr_mult}")
         if self.activation is not None:
             _check_choice("model.activation", self.activation, ACTIVATION_CHOICES)
         if self.dropout_rate is not None:
@@ -139,7 +147,7 @@ class ModelConfig:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture fields that were set, as keyword arguments for the model factory."""
-        skip = {"name", "init"}
+        skip = {"name", "init", "init_from", "freeze", "features_lr_mult"}
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)

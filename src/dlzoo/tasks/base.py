@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dlzoo.config import RunConfig
+from dlzoo.training.finetune import parameter_groups
 from dlzoo.training.optim import build_optimizer, build_scheduler
 
 
@@ -39,8 +40,8 @@ class Task:
 
     def configure_optimizers(self, steps_per_epoch: int, total_steps: int) -> None:
         """Build the optimiser(s) and schedule(s) from the config."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, self.cfg.optim)
+        groups = parameter_groups(self.model, self.cfg.model.features_lr_mult, self.cfg.optim.lr)
+        optimizer = build_optimizer(groups, self.cfg.optim)
         self.optimizers = [optimizer]
         self.schedulers = [build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, total_steps)]
 

@@ -48,6 +48,7 @@ from dlzoo.training.checkpoint import (
     whole_epoch,
     write_checkpoint,
 )
+from dlzoo.training.finetune import freeze, load_initial_weights, set_train_mode, unchanged
 from dlzoo.training.resume import RunLock
 
 
@@ -162,7 +163,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over the training split (from ``state.batch`` on, after a mid-epoch stop);
     returns the example-weighted means of the step metrics."""
-    task.model.train()
+    set_train_mode(task.model)  # frozen batch-norm layers stay in eval mode
     loader.set_epoch(state.epoch, start_batch=state.batch)
     totals: dict[str, float] = defaultdict(float, state.partial)
     progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
@@ -256,6 +257,8 @@ class Experiment:
     device: torch.device
     channels_last: bool
     bf16: bool
+    transfer: dict[str, Any]
+    """Fine-tuning facts: where the initial weights came from, which parameters are frozen."""
 
 
 def build_experiment(cfg: RunConfig) -> Experiment:
@@ -270,6 +273,11 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     model = create_model(
         cfg.model.name, len(bundle.classes), in_shape, cfg.model.init, **cfg.model.model_kwargs()
     )
+    transfer = {}
+    if cfg.model.init_from:
+        transfer = load_initial_weights(model, cfg.model.init_from, cfg.log.runs_dir)
+    if cfg.model.freeze:
+        transfer["frozen"] = freeze(model, cfg.model.freeze)
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = resolve_toggle(cfg.train.channels_last, auto=has_conv and device.type == "cuda")
     bf16 = resolve_toggle(cfg.train.bf16, auto=bf16_supported(device))
@@ -290,7 +298,7 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     task.configure_optimizers(epoch_steps, total_steps)
     if bf16:
         task.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return Experiment(cfg, bundle, loaders, model, task, device, channels_last, bf16)
+    return Experiment(cfg, bundle, loaders, model, task, device, channels_last, bf16, transfer)
 
 
 def run_info(exp: Experiment) -> dict[str, Any]:
@@ -315,6 +323,8 @@ def run_info(exp: Experiment) -> dict[str, Any]:
         },
         "normalizer": loaders.normalizer.to_dict(),
         "parameters": sum(p.numel() for p in exp.model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in exp.model.parameters() if p.requires_grad),
+        **({"transfer": exp.transfer} if exp.transfer else {}),
     }
 
 
@@ -488,6 +498,10 @@ def train(
             board.writer.flush()
         lock.release()
 
+    if exp.transfer.get("frozen") and "init_from" in exp.transfer:  # evidence that frozen means frozen
+        info["transfer"]["frozen_unchanged"] = unchanged(
+            exp.model, exp.transfer["frozen"], exp.transfer["init_from"]
+        )
     test, tested = measure_test(exp, state, run_dir)
     info.update(
         status="finished",

@@ -1,0 +1,140 @@
+"""Fine-tuning and transfer: start from trained weights, freeze some, train the rest.
+
+Every classifier shares the interface of ``dlzoo.models.base.Classifier``
+(``features``, ``classifier``, ``head``, ``reset_head``), so one code path serves
+every family:
+
+- ``model.init_from`` names the weights to start from: a run folder (its ``best``
+  checkpoint), ``recipe:<name>`` (the newest finished run of that recipe), or a
+  ``.safetensors`` file. When the class count differs, the head keeps its fresh
+  initialisation and everything else must fit.
+- ``model.freeze`` lists parameter-name patterns (``features`` means everything
+  under ``features.``; ``features.0.*`` and other shell patterns work too). Frozen
+  parameters get no gradient, and batch-norm layers whose parameters are all frozen
+  stay in eval mode, so their running statistics do not move either.
+- ``model.features_lr_mult`` scales the learning rate of trainable feature
+  parameters (discriminative fine-tuning); the head keeps ``optim.lr``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dlzoo.errors import CheckpointError
+from dlzoo.training.checkpoint import WEIGHTS, resolve
+from dlzoo.training.run import read_json
+
+RECIPE_PREFIX = "recipe:"
+
+
+def find_weights(init_from: str, runs_dir: str) -> Path:
+    """The safetensors file ``init_from`` means (see the module docstring)."""
+    if init_from.startswith(RECIPE_PREFIX):
+        recipe = init_from.removeprefix(RECIPE_PREFIX)
+        parent = Path(runs_dir) / recipe
+        finished = (
+            [
+                p
+                for p in sorted(parent.iterdir())
+                if (p / "run.json").is_file() and read_json(p / "run.json").get("status") == "finished"
+            ]
+            if parent.is_dir()
+            else []
+        )
+        if not finished:
+            raise FileNotFoundError(
+                f"model.init_from={init_from}: no finished run of {recipe} under {parent}; "
+                f"train it first with `dlzoo train {recipe}`"
+            )
+        return resolve(finished[-1] / "checkpoints", "best") / WEIGHTS
+    path = Path(init_from).expanduser()
+    if path.is_dir():
+        return resolve(path / "checkpoints", "best") / WEIGHTS
+    if path.suffix == ".safetensors" and path.is_file():
+        return path
+    raise FileNotFoundError(
+        f"model.init_from={init_from}: expected a run folder, recipe:<name> or a .safetensors file"
+    )
+
+
+def load_initial_weights(model: nn.Module, init_from: str, runs_dir: str) -> dict[str, Any]:
+    """Copy matching weights into ``model``; only the head may differ in shape (it stays fresh)."""
+    path = find_weights(init_from, runs_dir)
+    try:
+        source = load_file(str(path))
+    except Exception as error:
+        raise CheckpointError(f"model.init_from: {path} is unreadable ({type(error).__name__})") from None
+    own = model.state_dict()
+    head_keys = {
+        f"{name}.{p}"
+        for name, module in model.named_modules()
+        if module is getattr(model, "head", None)
+        for p in ("weight", "bias")
+    }
+    misfits = [k for k in own if k not in head_keys and (k not in source or source[k].shape != own[k].shape)]
+    if misfits:
+        raise ValueError(
+            f"model.init_from={init_from}: those weights do not fit this model "
+            f"({len(misfits)} tensors missing or of another shape, e.g. {misfits[0]}); "
+            "fine-tune the same model family with the same input shape"
+        )
+    loaded = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict({**own, **loaded})
+    return {"init_from": str(path), "loaded": len(loaded), "fresh": sorted(set(own) - set(loaded))}
+
+
+def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Turn off gradients for parameters matching ``patterns``; returns their names."""
+    expanded = [f"{p}.*" if "*" not in p and "?" not in p else p for p in patterns]
+    frozen = [
+        name
+        for name, parameter in model.named_parameters()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in expanded)
+    ]
+    unmatched = [p for p, e in zip(patterns, expanded) if not any(fnmatch.fnmatchcase(n, e) for n in frozen)]
+    if unmatched:
+        names = ", ".join(n for n, _ in model.named_parameters())
+        raise ValueError(f"model.freeze pattern {unmatched[0]!r} matches no parameter; names are: {names}")
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return frozen
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except batch-norm layers whose parameters are all frozen."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parameters = list(module.parameters())
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
+
+
+def parameter_groups(model: nn.Module, features_lr_mult: float, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters as optimiser groups: features at ``lr * features_lr_mult``, the rest at ``lr``."""
+    features = getattr(model, "features", None)
+    feature_ids = {id(p) for p in features.parameters()} if features is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("model.freeze froze every parameter: nothing is left to train")
+    in_features = [p for p in trainable if id(p) in feature_ids]
+    rest = [p for p in trainable if id(p) not in feature_ids]
+    if features_lr_mult == 1.0 or not in_features:
+        return [{"params": trainable}]
+    return [
+        g for g in ({"params": in_features, "lr": lr * features_lr_mult}, {"params": rest}) if g["params"]
+    ]
+
+
+def unchanged(model: nn.Module, names: list[str], weights_file: str) -> bool:
+    """Whether the parameters ``names`` still equal those in ``weights_file`` (frozen ones must)."""
+    source = load_file(weights_file)
+    own = dict(model.named_parameters())
+    return all(torch.equal(own[name].detach().cpu(), source[name]) for name in names)
