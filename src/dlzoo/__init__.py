@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "export_run",
     "finetune",
     "list_recipes",
     "load_recipe",
@@ -27,6 +28,10 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     """Import the API on first use, so ``dlzoo --help`` does not pay for importing torch."""
+    if name == "export_run":
+        from dlzoo.export import export_run
+
+        return export_run
     if name == "create_model":
         from dlzoo.models import create_model
 

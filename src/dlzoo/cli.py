@@ -145,6 +145,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{item['file']}: {ranked}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from dlzoo.export import export_run
+
+    path = export_run(
+        args.run, args.format, output=args.output, checkpoint=args.checkpoint, overwrite=args.overwrite
+    )
+    print(f"wrote {path}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from dlzoo.report.html import write_report
 
@@ -251,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
     sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("export", cmd_export, "write a run's model as safetensors, ONNX, TorchScript or a text dump")
+    sub.add_argument("run", help="run folder")
+    sub.add_argument(
+        "--format", required=True, help="safetensors, onnx (checked with onnxruntime), torchscript or txt"
+    )
+    sub.add_argument("--output", help="file or folder to write (default RUN/export/model.<ext>)")
+    sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing export file")
 
     sub = add("report", cmd_report, "one self-contained HTML page about a run, or comparing several runs")
     sub.add_argument("runs", nargs="+", metavar="RUN", help="run folder; two or more add a comparison")
