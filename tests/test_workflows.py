@@ -192,3 +192,27 @@ def test_real_mnist_smoke(shared_data, tmp_path, capsys):
     assert code == 0
     accuracy = float(out.split("test accuracy ")[1].split(",")[0])
     assert accuracy > 0.9, out
+
+
+def test_predict_takes_folders_globs_and_cleans_up_photos(tmp_path, capsys):
+    assert main(["train", "digits-lenet5", "--epochs", "1", "--runs-dir", str(tmp_path), *FAST]) == 0
+    run = capsys.readouterr().out.split("run folder: ")[1].strip()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.jpg"):
+        image = Image.new("RGB", (60, 80), "white")
+        ImageDraw.Draw(image).line([(30, 10), (30, 70)], fill="black", width=8)  # a dark "1" on paper
+        image.save(photos / name)
+    (photos / "notes.txt").write_text("not an image, and not picked up from the folder")
+    assert main(["predict", run, str(photos), "--json"]) == 0
+    assert [Path(r["file"]).name for r in json.loads(capsys.readouterr().out)] == ["a.png", "b.jpg"]
+    assert main(["predict", run, str(photos / "*.jpg"), "--json"]) == 0
+    assert [Path(r["file"]).name for r in json.loads(capsys.readouterr().out)] == ["b.jpg"]
+    assert main(["predict", run, str(photos / "*.gif")]) == 2
+    assert "no file matches" in error_line(capsys)
+
+    from dlzoo.api import load_image
+
+    cleaned = load_image(photos / "a.png", (1, 8, 8), invert=True, threshold=128)
+    assert set(cleaned.unique().tolist()) <= {0, 255} and cleaned.max() == 255 and cleaned.min() == 0
+    assert cleaned[0, :, 3:5].float().mean() > cleaned[0, :, :2].float().mean()  # the stroke is bright

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,15 +155,50 @@ def evaluate(
     return metrics
 
 
-def load_image(path: Path, in_shape: tuple[int, ...], invert: bool = False) -> torch.Tensor:
-    """A user's image of any size and colour as a uint8 (C, H, W) tensor shaped for the model."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_image(
+    path: Path, in_shape: tuple[int, ...], invert: bool = False, threshold: int | None = None
+) -> torch.Tensor:
+    """A user's image of any size and colour as a uint8 (C, H, W) tensor shaped for the model.
+
+    ``invert`` turns a dark digit on light paper into MNIST's light-on-dark; ``threshold``
+    then sets pixels below it to 0 and the rest to 255, as the notes did for photos.
+    """
     channels, height, width = in_shape
     try:
         image = decode_image(path.read_bytes(), grayscale=channels == 1, size=(height, width))
     except BAD_IMAGE_ERRORS as error:
         kind = type(error).__name__
         raise ValueError(f"{path} is not a readable image ({kind}); give a PNG or JPEG file") from None
-    return 255 - image if invert else image
+    if invert:
+        image = 255 - image
+    if threshold is not None:
+        image = torch.where(image < threshold, 0, 255).to(torch.uint8)
+    return image
+
+
+def expand_image_paths(items: list[str | Path]) -> list[Path]:
+    """Files as given, every image in a folder (sorted), and shell globs like ``photos/*.jpg``."""
+    paths: list[Path] = []
+    for item in map(str, items):
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            paths += found
+        elif any(char in item for char in "*?["):
+            found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"no file matches {item}")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file: {path}")
+    return paths
 
 
 def predict(
@@ -170,18 +206,18 @@ def predict(
     files: list[str | Path],
     top_k: int = 3,
     invert: bool = False,
+    threshold: int | None = None,
     checkpoint: str = "best",
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file."""
+    """Top-k classes with probabilities for each image (files, folders or globs)."""
+    if threshold is not None and not 0 <= threshold <= 255:
+        raise ValueError(f"threshold must be a pixel value in 0..255, got {threshold}")
     run = load_run(run_dir, checkpoint)
     in_shape = tuple(run.info["data"]["in_shape"])
     if len(in_shape) != 3:
         raise ValueError(f"run {run.run_dir} was trained on tabular data; predict takes images")
-    paths = [Path(f) for f in files]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"no such image file: {path}")
-    batch = torch.stack([load_image(p, in_shape, invert) for p in paths])
+    paths = expand_image_paths(files)
+    batch = torch.stack([load_image(p, in_shape, invert, threshold) for p in paths])
     with torch.no_grad():
         probabilities = class_probabilities(run.model(run.normalizer(batch.float() / 255)))
     k = min(top_k, len(run.classes))

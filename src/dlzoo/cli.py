@@ -136,7 +136,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from dlzoo.api import predict
 
-    results = predict(args.run, args.files, top_k=args.top_k, invert=args.invert, checkpoint=args.checkpoint)
+    results = predict(
+        args.run,
+        args.files,
+        top_k=args.top_k,
+        invert=args.invert,
+        threshold=args.threshold,
+        checkpoint=args.checkpoint,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -253,10 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("predict", cmd_predict, "classify your own image files with a trained run")
     sub.add_argument("run", help="run folder")
-    sub.add_argument("files", nargs="+", help="image files of any size and colour")
+    sub.add_argument(
+        "files", nargs="+", help="image files of any size and colour, folders, or globs ('*.jpg')"
+    )
     sub.add_argument("--top-k", type=int, default=3)
     sub.add_argument(
         "--invert", action="store_true", help="invert (dark digit on light paper -> MNIST style)"
+    )
+    sub.add_argument(
+        "--threshold",
+        type=int,
+        metavar="0-255",
+        help="after --invert: pixels below this become 0, the rest 255 (the notes' photo clean-up)",
     )
     sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
     sub.add_argument("--json", action="store_true", help="print JSON")
