@@ -92,7 +92,10 @@ def run_driver(tmp_path: Path, mode: str, at: int, runs: Path) -> subprocess.Com
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
         [sys.executable, str(driver), mode, str(at), *train_args(runs)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -229,3 +232,18 @@ def test_retention_keeps_every_nth_epoch_up_to_the_limit(tmp_path):
     folders = sorted(p.name for p in (only_run(tmp_path) / "checkpoints").iterdir() if p.is_dir())
     best = (only_run(tmp_path) / "checkpoints" / "best").read_text().strip()
     assert set(folders) == {"epoch-0003", "epoch-0004", best}
+
+
+def test_a_foreign_or_truncated_best_checkpoint_is_one_clear_error(tmp_path, capsys):
+    assert main(train_args(tmp_path, "--set", "train.epochs=1")) == 0
+    capsys.readouterr()
+    run = only_run(tmp_path)
+    best = run / "checkpoints" / (run / "checkpoints" / "best").read_text().strip()
+    (best / "model.safetensors").write_bytes(b"this is not a safetensors file at all")
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is unreadable" in err and len(err.splitlines()) == 1
+    torch.save({"step": 0, "something": "else"}, best / "state.pt")  # readable, but not these weights'
+    (best / "model.safetensors").write_bytes(b"")
+    assert main(["predict", str(run), __file__]) == 2
+    assert "unreadable" in capsys.readouterr().err
