@@ -164,7 +164,7 @@ def import_images(
     source, target = Path(source), imported_path(name, data_dir)
     if target.exists() and not overwrite:
         raise ValueError(
-            f"an import called {name!r} already exists ({target}); pass overwrite=True to replace it"
+            f"an import called {name!r} already exists ({target}); pass --overwrite to replace it"
         )
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
