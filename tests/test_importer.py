@@ -187,7 +187,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path, data_dir: Path) -> No
     source = write_tree(tmp_path / "pets", class_files({"cat": 2, "dog": 2}))
     import_images(source, "pets", data_dir)
     write_tree(source, class_files({"fox": 2}))
-    with pytest.raises(ValueError, match="already exists.*overwrite=True"):
+    with pytest.raises(ValueError, match="already exists.*--overwrite"):
         import_images(source, "pets", data_dir)
     assert load_imported("pets", data_dir).classes == ["cat", "dog"]
     import_images(source, "pets", data_dir, overwrite=True)
