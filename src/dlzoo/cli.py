@@ -152,6 +152,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{item['file']}: {ranked}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from dlzoo.sweep import print_results, sweep
+
+    result = sweep(
+        args.recipe,
+        args.grid,
+        overrides=args.set,
+        trials=args.trials,
+        workers=args.workers,
+        storage=args.storage,
+        study_name=args.study,
+        sweep_dir=args.sweep_dir,
+        data_dir=args.data_dir,
+        quiet=False,
+    )
+    print_results(result)
+    print(f"results: {result.csv_path}  plot: {result.plot_path}  study: {result.storage}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from dlzoo.export import export_run
 
@@ -275,6 +294,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--checkpoint", choices=("best", "last"), default="best")
     sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("sweep", cmd_sweep, "hyperparameter sweep with Optuna: a grid, or TPE over ranges")
+    sub.add_argument("recipe", help="recipe name (dlzoo list) or a path to a recipe .toml file")
+    sub.add_argument(
+        "--grid",
+        nargs="+",
+        required=True,
+        metavar="KEY=VALUES",
+        help="e.g. model.activation=relu,tanh (choices) or optim.lr=1e-4..1e-1:log (a range)",
+    )
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="fixed overrides for every trial",
+    )
+    sub.add_argument(
+        "--trials", type=int, help="number of TPE trials (ranges need it; default: the whole grid)"
+    )
+    sub.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine sharing the study"
+    )
+    sub.add_argument(
+        "--storage",
+        help="Optuna database URL (default sqlite:///SWEEP_DIR/study.db; "
+        "postgresql://user@host/db lets workers on several machines share one study)",
+    )
+    sub.add_argument("--study", help="study name (default RECIPE-sweep)")
+    sub.add_argument(
+        "--sweep-dir",
+        help="where the study, trial runs, results.csv and params.png go "
+        "(default sweeps/RECIPE/<time>); give it again to resume a killed sweep",
+    )
+    sub.add_argument("--data-dir")
 
     sub = add("export", cmd_export, "write a run's model as safetensors, ONNX, TorchScript or a text dump")
     sub.add_argument("run", help="run folder")
