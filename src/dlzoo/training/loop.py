@@ -341,11 +341,7 @@ def save_progress(exp: Experiment, state: TrainState, folder: Path, improved_now
     if improved_now:
         set_pointer(folder, "best", name)
     every, limit = exp.cfg.train.keep_every, exp.cfg.train.keep_limit
-    periodic = [
-        n
-        for n in complete_checkpoints(folder)
-        if every and (whole_epoch(n) or 0) % every == 0 and whole_epoch(n)
-    ]
+    periodic = [n for n in complete_checkpoints(folder) if every and (e := whole_epoch(n)) and e % every == 0]
     prune(folder, {name, previous, state.best_checkpoint, *(periodic[-limit:] if limit else periodic)})
 
 
