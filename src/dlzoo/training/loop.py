@@ -125,8 +125,8 @@ def prepare_batch(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 class GracefulStop:
     """Ctrl-C and SIGTERM ask the loop to stop at the next batch boundary, where the state is
-    consistent (weights, optimiser and counters all after the same step); a second Ctrl-C
-    stops at once."""
+    consistent (weights, optimiser and counters all after the same step) and can be saved.
+    A second Ctrl-C exits at once without saving; the last epoch checkpoint is still there."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -134,22 +134,17 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise SystemExit(130)
         self.requested = True
 
-    def __enter__(self) -> GracefulStop:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
             for kind in (signal.SIGINT, signal.SIGTERM):
                 self.previous[kind] = signal.signal(kind, self._handle)
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def restore(self) -> None:
         for kind, handler in self.previous.items():
             signal.signal(kind, handler)
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 def train_one_epoch(
@@ -168,15 +163,15 @@ def train_one_epoch(
     totals: dict[str, float] = defaultdict(float, state.partial)
     progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
     for x, y in loader:
-        if stop is not None:
-            stop.check()
+        if stop is not None and stop.requested:
+            state.partial = dict(totals)  # the batches done so far, for a mid-epoch checkpoint
+            raise KeyboardInterrupt
         metrics = task.train_step(prepare_batch(x, channels_last), y)
         state.step += 1
         state.batch += 1
         totals["seen"] += len(y)
         for name, value in metrics.items():
             totals[name] += value * len(y)
-        state.partial = dict(totals)
         progress.advance(len(y), metrics["loss"])
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
             break
@@ -433,7 +428,8 @@ def train(
         board.start(exp.model, prepare_batch(x0[:2], exp.channels_last), images)
     progress = ProgressBar(cfg.log.progress and not quiet)
     stopped_early = False
-    stop = GracefulStop().__enter__()
+    stop = GracefulStop()
+    stop.install()
     started = time.perf_counter() - state.train_seconds
     try:
         while state.epoch < cfg.train.epochs:
@@ -489,7 +485,7 @@ def train(
         runinfo.write_json(run_dir / "run.json", info)
         raise TrainingError(str(error)) from None
     finally:
-        stop.__exit__()
+        stop.restore()
         if board:
             board.writer.flush()
         lock.release()
