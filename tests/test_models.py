@@ -68,3 +68,25 @@ def test_initialisers(scheme, check):
     init_weights(layer, scheme)
     assert check(layer.weight.detach(), 500)
     assert torch.all(layer.bias == 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters"), [("resnet20", 0.27e6), ("resnet56", 0.85e6), ("resnet110", 1.7e6)]
+)
+def test_cifar_resnets_have_the_papers_sizes(name, parameters):
+    """He et al. 2016, table 6: 0.27M, 0.85M and 1.7M parameters (option A shortcuts)."""
+    model = create_model(name, 10, (3, 32, 32))
+    assert abs(sum(p.numel() for p in model.parameters()) - parameters) < 0.03 * parameters
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == {"resnet20": 20, "resnet56": 56, "resnet110": 110}[name]
+
+
+def test_resnet_shortcuts_option_a_is_parameter_free_and_b_projects():
+    a = create_model("resnet20", 10, (3, 32, 32), shortcut="A")
+    b = create_model("resnet20", 10, (3, 32, 32), shortcut="B")
+    projections = [m for m in b.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(projections) == 2 and not any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in a.modules()
+    )
+    x = torch.randn(2, 3, 32, 32)
+    assert a.eval()(x).shape == b.eval()(x).shape == (2, 10)

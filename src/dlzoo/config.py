@@ -127,6 +127,8 @@ class ModelConfig:
     """Dropout probability."""
     batch_norm: bool | None = None
     """Insert batch normalisation after hidden layers."""
+    shortcut: str | None = None
+    """ResNet shortcut where the shape changes: A (subsample + zero-pad) or B (1x1 projection)."""
     init_from: str = ""
     """Start from these weights: a run folder, recipe:<name> (its newest finished run) or .safetensors."""
     freeze: list[str] = field(default_factory=list)
@@ -136,6 +138,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.init", self.init, INIT_CHOICES)
+        if self.shortcut is not None:
+            _check_choice("model.shortcut", self.shortcut, ("A", "B"))
         if self.features_lr_mult <= 0:
             raise ValueError(f"model.features_lr_mult must be > 0, got {self.features_lr_mult}")
         if self.activation is not None:

@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from dlzoo.models import cbapd, convnet, lenet, linear, mlp  # noqa: F401  (registers the families)
+from dlzoo.models import cbapd, convnet, lenet, linear, mlp, resnet  # noqa: F401  (registers the families)
 from dlzoo.models.base import Classifier
 from dlzoo.models.init import init_weights
 from dlzoo.registry import MODELS
