@@ -12,6 +12,9 @@ SHAPES = {"image": (1, 28, 28), "rgb": (3, 32, 32), "small": (1, 8, 8)}
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_every_model_runs_forward_and_backward(name, shape):
     num_classes = 2 if name == "logistic" else 10
+    min_size = MODELS.info(name).get("min_size", 1)
+    if min(shape[1:]) < min_size:  # an ImageNet stem: the smallest image it takes
+        shape = (shape[0], min_size, min_size)
     model = create_model(name, num_classes, shape)
     x = torch.randn(4, *shape)
     out = model(x)
@@ -24,12 +27,27 @@ def test_every_model_runs_forward_and_backward(name, shape):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_reset_head_changes_only_the_output_count(name):
-    model = create_model(name, 2 if name == "logistic" else 10, (1, 28, 28))
-    before = {k: v.clone() for k, v in model.features.state_dict().items()}
+    side = max(28, MODELS.info(name).get("min_size", 1))
+    model = create_model(name, 2 if name == "logistic" else 10, (1, side, side))
+    backbone = {n for n, _ in model.backbone_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.reset_head(3)
-    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 3)  # eval: BN statistics stay
-    after = model.features.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.eval()(torch.randn(2, 1, side, side)).shape == (2, 3)  # eval: BN statistics stay
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    head = {n for n, p in model.named_parameters() if p is model.head.weight or p is model.head.bias}
+    assert head and not head & backbone, "the head is not part of the backbone"
+
+
+def test_too_small_images_for_a_model_are_a_clear_error():
+    MODELS.register("_needs_64", min_size=64)(lambda num_classes, in_shape: nn.Linear(1, num_classes))
+    try:
+        with pytest.raises(
+            ValueError, match="needs images of at least 64x64 pixels, got 32x32; set data.resize=64"
+        ):
+            create_model("_needs_64", 10, (3, 32, 32))
+    finally:
+        MODELS._entries.pop("_needs_64"), MODELS._info.pop("_needs_64")
 
 
 def test_unknown_model_and_unknown_setting_are_clear():

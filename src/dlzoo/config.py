@@ -83,6 +83,8 @@ class DataConfig:
     """Fraction of the training split held out for validation (stratified, seeded)."""
     train_subset: int = 0
     """Train on a seeded, stratified subset of N examples (0 = all); for quick runs."""
+    resize: int = 0
+    """Resize images to NxN once, at load time (0 = keep); e.g. for ImageNet-stem models on CIFAR."""
     normalize: str = "standard"
     """standard: per-channel mean/std of the training split; unit: pixels/255; none: raw values."""
     batch_size: int = 128
@@ -102,6 +104,8 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.train_subset < 0:
             raise ValueError(f"data.train_subset must be >= 0, got {self.train_subset}")
+        if self.resize < 0:
+            raise ValueError(f"data.resize must be >= 0 (0 = keep the size), got {self.resize}")
         if len(set(self.classes)) != len(self.classes) or any(c < 0 for c in self.classes):
             raise ValueError(f"data.classes must be distinct indices >= 0, got {self.classes}")
 

@@ -25,15 +25,24 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._info: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, **info: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator adding ``name``; ``info`` is free-form metadata (a model's ``min_size``...)."""
+
         def add(factory: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = factory
+            self._info[name] = info
             return factory
 
         return add
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The metadata ``name`` was registered with (empty when none)."""
+        self.get(name)
+        return self._info[name]
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:

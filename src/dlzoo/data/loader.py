@@ -10,6 +10,7 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -182,6 +183,19 @@ def split_train_val(split: Split, val_fraction: float, seed: int) -> tuple[Split
     else:
         val_index, train_index = shuffled[:n_val], shuffled[n_val:]
     return _take(split, train_index.sort().values), _take(split, val_index.sort().values)
+
+
+def resize_images(bundle: DataBundle, size: int) -> DataBundle:
+    """Both splits' images resized to ``size`` x ``size`` (bilinear, antialiased, still uint8)."""
+    if not bundle.train.is_image:
+        raise ValueError(f"data.resize={size} applies to images only, but this data set is tabular")
+    from torchvision.transforms.v2.functional import resize
+
+    def scaled(split: Split) -> Split:
+        chunks = [resize(part, [size, size], antialias=True) for part in split.x.split(4096)]
+        return Split(torch.cat(chunks) if chunks else split.x, split.y)
+
+    return dataclasses.replace(bundle, train=scaled(bundle.train), test=scaled(bundle.test))
 
 
 def select_classes(bundle: DataBundle, classes: list[int]) -> DataBundle:

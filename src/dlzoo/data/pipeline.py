@@ -10,7 +10,7 @@ import torch
 from dlzoo.config import DataConfig
 from dlzoo.data import sources  # noqa: F401  (registers the data sets)
 from dlzoo.data.core import DataBundle, resolve_data_dir
-from dlzoo.data.loader import BatchLoader, Normalizer, select_classes, split_train_val
+from dlzoo.data.loader import BatchLoader, Normalizer, resize_images, select_classes, split_train_val
 from dlzoo.registry import DATASETS
 
 IMPORTED_PREFIX = "imported:"
@@ -33,6 +33,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
             bundle = select_classes(bundle, cfg.classes)
         except ValueError as error:
             raise ValueError(f"data.classes={cfg.classes}: {error}") from None
+    if cfg.resize:
+        bundle = resize_images(bundle, cfg.resize)
     for split_name, split in (("training", bundle.train), ("test", bundle.test)):
         if len(split) == 0:
             raise ValueError(f"data set {cfg.name!r} has an empty {split_name} split: nothing to learn from")

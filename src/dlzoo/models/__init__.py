@@ -21,6 +21,12 @@ def create_model(
     model does not take is an error naming the ones it does.
     """
     factory = MODELS.get(name)
+    min_size = MODELS.info(name).get("min_size", 1)
+    if len(in_shape) == 3 and min(in_shape[1:]) < min_size:
+        raise ValueError(
+            f"model {name!r} needs images of at least {min_size}x{min_size} pixels, got "
+            f"{in_shape[1]}x{in_shape[2]}; set data.resize={min_size} or pick a model with a small-image stem"
+        )
     accepted = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_shape")]
     unknown = [key for key in kwargs if key not in accepted]
     if unknown:

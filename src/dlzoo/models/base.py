@@ -1,9 +1,13 @@
 """The interface every classifier shares, and the pieces most families use.
 
-A classifier is ``features`` (everything up to the last hidden
-representation, flattened) followed by ``classifier`` (the head, whose last
-``nn.Linear`` produces the logits). Fine-tuning, freezing and transfer
-learning use only this interface, so they are one code path for every family.
+A classifier is a backbone (everything up to the last hidden representation)
+followed by a classifier module whose last ``nn.Linear`` produces the logits.
+Most families call the two ``features`` and ``classifier``; families whose
+parameter names follow torchvision's (ResNet's ``conv1 ... layer4, fc``) say
+which child is the classifier with ``classifier_name`` and override
+``forward_features``. Fine-tuning, freezing and transfer learning use only this
+interface (``forward_features``, ``backbone_parameters``, ``head``,
+``reset_head``), so they are one code path for every family.
 """
 
 from __future__ import annotations
@@ -23,20 +27,33 @@ def make_activation(name: str) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """``forward(x) = classifier(features(x))``; subclasses build both in ``__init__``."""
+    """``forward(x) = classifier(forward_features(x))``; subclasses build both in ``__init__``."""
 
-    features: nn.Module
-    classifier: nn.Module
+    classifier_name = "classifier"
+    """Name of the child module that maps features to logits (torchvision's ResNet: ``fc``)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) features: the classifier module's input."""
+        return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier_module(self.forward_features(x))
+
+    @property
+    def classifier_module(self) -> nn.Module:
+        return getattr(self, self.classifier_name)
+
+    def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of everything outside the classifier module."""
+        prefix = self.classifier_name + "."
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith(prefix)]
 
     @property
     def head(self) -> nn.Linear:
         """The last linear layer: the one that maps to class logits."""
-        linears = [m for m in self.classifier.modules() if isinstance(m, nn.Linear)]
+        linears = [m for m in self.classifier_module.modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise TypeError(f"{type(self).__name__}.classifier has no nn.Linear head")
+            raise TypeError(f"{type(self).__name__}.{self.classifier_name} has no nn.Linear head")
         return linears[-1]
 
     @property
@@ -49,14 +66,15 @@ class Classifier(nn.Module):
         old = self.head
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
         new.to(device=old.weight.device, dtype=old.weight.dtype)
-        for name, module in self.classifier.named_modules():
+        classifier = self.classifier_module
+        for name, module in classifier.named_modules():
             if module is old:
                 if name:
                     parent_name, _, child = name.rpartition(".")
-                    parent = self.classifier.get_submodule(parent_name) if parent_name else self.classifier
+                    parent = classifier.get_submodule(parent_name) if parent_name else classifier
                     setattr(parent, child, new)
                 else:
-                    self.classifier = new
+                    setattr(self, self.classifier_name, new)
                 return
 
 

@@ -8,8 +8,10 @@ every family:
   checkpoint), ``recipe:<name>`` (the newest finished run of that recipe), or a
   ``.safetensors`` file. When the class count differs, the head keeps its fresh
   initialisation and everything else must fit.
-- ``model.freeze`` lists parameter-name patterns (``features`` means everything
-  under ``features.``; ``features.0.*`` and other shell patterns work too). Frozen
+- ``model.freeze`` lists parameter-name patterns. ``features`` means the whole
+  backbone: every parameter outside the classifier module (``features.*`` in most
+  families, everything but ``fc`` in ResNet); a module name means everything
+  under it, and shell patterns (``features.0.*``, ``layer[12].*``) work too. Frozen
   parameters get no gradient, and batch-norm layers whose parameters are all frozen
   stay in eval mode, so their running statistics do not move either.
 - ``model.features_lr_mult`` scales the learning rate of trainable feature
@@ -89,18 +91,31 @@ def load_initial_weights(model: nn.Module, init_from: str, runs_dir: str) -> dic
     return {"init_from": str(path), "loaded": len(loaded), "fresh": sorted(set(own) - set(loaded))}
 
 
+def backbone_names(model: nn.Module) -> set[str]:
+    """Names of the parameters outside the classifier (``features.*`` for a plain module)."""
+    if hasattr(model, "backbone_parameters"):
+        return {name for name, _ in model.backbone_parameters()}
+    return {name for name, _ in model.named_parameters() if name.startswith("features.")}
+
+
+def _matches(name: str, pattern: str, backbone: set[str]) -> bool:
+    if pattern == "features":
+        return name in backbone
+    if "*" not in pattern and "?" not in pattern and "[" not in pattern:
+        pattern += ".*"
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     """Turn off gradients for parameters matching ``patterns``; returns their names."""
-    expanded = [f"{p}.*" if "*" not in p and "?" not in p else p for p in patterns]
-    frozen = [
-        name
-        for name, parameter in model.named_parameters()
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in expanded)
-    ]
-    unmatched = [p for p, e in zip(patterns, expanded) if not any(fnmatch.fnmatchcase(n, e) for n in frozen)]
+    backbone = backbone_names(model)
+    names = [name for name, _ in model.named_parameters()]
+    frozen = [name for name in names if any(_matches(name, p, backbone) for p in patterns)]
+    unmatched = [p for p in patterns if not any(_matches(n, p, backbone) for n in frozen)]
     if unmatched:
-        names = ", ".join(n for n, _ in model.named_parameters())
-        raise ValueError(f"model.freeze pattern {unmatched[0]!r} matches no parameter; names are: {names}")
+        raise ValueError(
+            f"model.freeze pattern {unmatched[0]!r} matches no parameter; names are: {', '.join(names)}"
+        )
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)
@@ -119,8 +134,8 @@ def set_train_mode(model: nn.Module) -> None:
 
 def parameter_groups(model: nn.Module, features_lr_mult: float, lr: float) -> list[dict[str, Any]]:
     """Trainable parameters as optimiser groups: features at ``lr * features_lr_mult``, the rest at ``lr``."""
-    features = getattr(model, "features", None)
-    feature_ids = {id(p) for p in features.parameters()} if features is not None else set()
+    backbone = backbone_names(model)
+    feature_ids = {id(p) for name, p in model.named_parameters() if name in backbone}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("model.freeze froze every parameter: nothing is left to train")
