@@ -112,9 +112,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     cfg = RunConfig.from_dict(raw, raw.pop("recipe"))
     info = read_json(run_dir / "run.json")
     data = info["data"]
-    model = create_model(
-        cfg.model.name, len(data["classes"]), tuple(data["in_shape"]), "default", **cfg.model.model_kwargs()
-    )
+    settings = {**cfg.model.model_kwargs(), "pretrained": False}  # the checkpoint holds the weights
+    model = create_model(cfg.model.name, len(data["classes"]), tuple(data["in_shape"]), "default", **settings)
     load_weights(run_dir / "checkpoints", checkpoint, model)
     model.eval()
     return LoadedRun(run_dir, cfg, info, model, Normalizer.from_dict(info["normalizer"]))

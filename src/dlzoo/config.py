@@ -133,6 +133,12 @@ class ModelConfig:
     """Insert batch normalisation after hidden layers."""
     shortcut: str | None = None
     """ResNet shortcut where the shape changes: A (subsample + zero-pad) or B (1x1 projection)."""
+    stem: str | None = None
+    """ResNet-18..152 stem: cifar (3x3 conv, no max-pool) or imagenet (7x7/2 conv + 3x3/2 max-pool)."""
+    width_mult: float | None = None
+    """MobileNet width multiplier (channels scaled by this factor)."""
+    pretrained: bool | None = None
+    """Start from torchvision's published ImageNet weights (families that match torchvision)."""
     init_from: str = ""
     """Start from these weights: a run folder, recipe:<name> (its newest finished run) or .safetensors."""
     freeze: list[str] = field(default_factory=list)
@@ -144,6 +150,10 @@ class ModelConfig:
         _check_choice("model.init", self.init, INIT_CHOICES)
         if self.shortcut is not None:
             _check_choice("model.shortcut", self.shortcut, ("A", "B"))
+        if self.stem is not None:
+            _check_choice("model.stem", self.stem, ("cifar", "imagenet"))
+        if self.width_mult is not None and self.width_mult <= 0:
+            raise ValueError(f"model.width_mult must be > 0, got {self.width_mult}")
         if self.features_lr_mult <= 0:
             raise ValueError(f"model.features_lr_mult must be > 0, got {self.features_lr_mult}")
         if self.activation is not None:

@@ -9,6 +9,7 @@ from torch import nn
 from dlzoo.models import cbapd, convnet, lenet, linear, mlp, resnet  # noqa: F401  (registers the families)
 from dlzoo.models.base import Classifier
 from dlzoo.models.init import init_weights
+from dlzoo.models.pretrained import load_pretrained
 from dlzoo.registry import MODELS
 
 
@@ -16,6 +17,9 @@ def create_model(
     name: str, num_classes: int, in_shape: tuple[int, ...], init: str = "default", **kwargs: object
 ) -> nn.Module:
     """Build registered model ``name`` for inputs of ``in_shape`` ((C, H, W) or (D,)).
+
+    ``pretrained=True`` then loads torchvision's ImageNet weights (families that
+    match torchvision; see ``dlzoo.models.pretrained``).
 
     ``kwargs`` are the architecture settings (activation, hidden_sizes, ...); one the
     model does not take is an error naming the ones it does.
@@ -28,12 +32,21 @@ def create_model(
             f"{in_shape[1]}x{in_shape[2]}; set data.resize={min_size} or pick a model with a small-image stem"
         )
     accepted = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_shape")]
+    pretrained = bool(kwargs.pop("pretrained", False))
     unknown = [key for key in kwargs if key not in accepted]
     if unknown:
         takes = ", ".join(accepted) or "no settings"
         raise ValueError(f"model {name!r} does not take {unknown[0]!r}; it takes: {takes}")
-    model = factory(num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
-    return init_weights(model, init)
+    weights = MODELS.info(name).get("torchvision_weights")
+    if pretrained and not weights:
+        with_weights = ", ".join(n for n in MODELS.names() if MODELS.info(n).get("torchvision_weights"))
+        raise ValueError(
+            f"model {name!r} has no published pretrained weights; these do: {with_weights or 'none'}"
+        )
+    model = init_weights(factory(num_classes=num_classes, in_shape=tuple(in_shape), **kwargs), init)
+    if pretrained:
+        load_pretrained(model, weights)
+    return model
 
 
 __all__ = ["Classifier", "create_model", "init_weights"]

@@ -13,6 +13,7 @@ interface (``forward_features``, ``backbone_parameters``, ``head``,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +77,23 @@ class Classifier(nn.Module):
                 else:
                     setattr(self, self.classifier_name, new)
                 return
+
+
+def load_matching(model: nn.Module, source: dict[str, torch.Tensor], what: str, hint: str) -> dict[str, Any]:
+    """Copy ``source`` into ``model``; every tensor must fit except the head's, which stays fresh
+    when its shape differs (another class count). ``what`` and ``hint`` word the error."""
+    own = model.state_dict()
+    head = getattr(model, "head", None)
+    head_keys = {f"{n}.{p}" for n, m in model.named_modules() if m is head for p in ("weight", "bias")}
+    misfits = [k for k in own if k not in head_keys and (k not in source or source[k].shape != own[k].shape)]
+    if misfits:
+        raise ValueError(
+            f"{what}: those weights do not fit this model ({len(misfits)} tensors missing or of "
+            f"another shape, e.g. {misfits[0]}); {hint}"
+        )
+    loaded = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict({**own, **loaded})
+    return {"loaded": len(loaded), "fresh": sorted(set(own) - set(loaded))}
 
 
 def flat_size(module: nn.Module, in_shape: tuple[int, ...]) -> int:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dlzoo.errors import CheckpointError
+from dlzoo.models.base import load_matching
 from dlzoo.training.checkpoint import WEIGHTS, resolve
 from dlzoo.training.run import read_json
 
@@ -72,23 +73,13 @@ def load_initial_weights(model: nn.Module, init_from: str, runs_dir: str) -> dic
         source = load_file(str(path))
     except Exception as error:
         raise CheckpointError(f"model.init_from: {path} is unreadable ({type(error).__name__})") from None
-    own = model.state_dict()
-    head_keys = {
-        f"{name}.{p}"
-        for name, module in model.named_modules()
-        if module is getattr(model, "head", None)
-        for p in ("weight", "bias")
-    }
-    misfits = [k for k in own if k not in head_keys and (k not in source or source[k].shape != own[k].shape)]
-    if misfits:
-        raise ValueError(
-            f"model.init_from={init_from}: those weights do not fit this model "
-            f"({len(misfits)} tensors missing or of another shape, e.g. {misfits[0]}); "
-            "fine-tune the same model family with the same input shape"
-        )
-    loaded = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict({**own, **loaded})
-    return {"init_from": str(path), "loaded": len(loaded), "fresh": sorted(set(own) - set(loaded))}
+    facts = load_matching(
+        model,
+        source,
+        f"model.init_from={init_from}",
+        "fine-tune the same model family with the same input shape",
+    )
+    return {"init_from": str(path), **facts}
 
 
 def backbone_names(model: nn.Module) -> set[str]:
