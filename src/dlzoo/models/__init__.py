@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 from torch import nn
 
-from dlzoo.models import cbapd, convnet, lenet, linear, mlp, resnet  # noqa: F401  (registers the families)
 from dlzoo.models.base import Classifier
 from dlzoo.models.init import init_weights
 from dlzoo.models.pretrained import load_pretrained
 from dlzoo.registry import MODELS
+
+for _module in pkgutil.iter_modules(__path__):  # importing a family file registers its variants
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def create_model(
