@@ -9,6 +9,7 @@ from dlzoo.config import AugmentConfig
 from dlzoo.data.augment import (
     CUTOUT_FILL,
     affine_transform,
+    alternating_flips,
     augment_batch,
     cutout,
     random_affine,
@@ -17,6 +18,8 @@ from dlzoo.data.augment import (
     random_crop,
     random_flip,
 )
+from dlzoo.data.core import Split
+from dlzoo.data.loader import BatchLoader, Normalizer
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -185,3 +188,92 @@ def test_augment_batch_keeps_the_batch_dtype_and_draws_the_same_parameters() -> 
     y = augment_batch(x, FULL, gen(3))
     assert y.dtype == torch.float64
     torch.testing.assert_close(y.float(), augment_batch(x.float(), FULL, gen(3)), atol=1e-5, rtol=0)
+
+
+def test_alternating_flips_alternate_from_the_first_epoch() -> None:
+    first = torch.tensor([True, False, True, False])
+    assert torch.equal(alternating_flips(first, 0), first)
+    assert torch.equal(alternating_flips(first, 1), ~first)
+    assert torch.equal(alternating_flips(first, 2), first)
+
+
+def test_alternate_flip_mirrors_exactly_the_images_it_is_told_and_needs_them() -> None:
+    x = random_images(B=6)
+    flips = torch.tensor([True, False, False, True, True, False])
+    y = augment_batch(x, AugmentConfig(alternate_flip=True), gen(), flips)
+    assert torch.equal(y[flips], x[flips].flip(3)) and torch.equal(y[~flips], x[~flips])
+    with pytest.raises(ValueError, match="alternate_flip needs each image's flip"):
+        augment_batch(x, AugmentConfig(alternate_flip=True), gen())
+
+
+def flip_states(loader: BatchLoader, images: torch.Tensor, epoch: int, start_batch: int = 0) -> torch.Tensor:
+    """(N,) int: 1 where the loader mirrored example i in ``epoch``, 0 where it did not, -1 unseen.
+    Labels are the example indices, so each image is found whatever the shuffle."""
+    loader.set_epoch(epoch, start_batch)
+    states = torch.full((len(images),), -1)
+    for x, index in loader:
+        mirrored = (x == images[index].flip(3)).flatten(1).all(1)
+        assert (mirrored | (x == images[index]).flatten(1).all(1)).all()  # nothing but flips
+        states[index] = mirrored.long()
+    return states
+
+
+def alternating_loader(images: torch.Tensor, seed: int = 0) -> BatchLoader:
+    split = Split((images * 255).to(torch.uint8), torch.arange(len(images)))
+    augment = AugmentConfig(alternate_flip=True)
+    return BatchLoader(
+        split, 16, Normalizer("unit", "image", [], []), shuffle=True, augment=augment, seed=seed
+    )
+
+
+def test_loader_alternate_flip_flips_each_image_the_other_way_each_epoch_and_resumes_exactly() -> None:
+    images = (random_images(B=100) * 255).round() / 255  # exact in uint8
+    loader = alternating_loader(images)
+    epoch0, epoch1, epoch2 = (flip_states(loader, images, epoch) for epoch in range(3))
+    assert (epoch0 >= 0).all()  # every image seen once
+    assert 30 <= int(epoch0.sum()) <= 70  # epoch 0: at random, about half
+    assert torch.equal(epoch1, 1 - epoch0) and torch.equal(epoch2, 1 - epoch1)
+    assert torch.equal(flip_states(loader, images, 2), epoch2)  # the same draws when recomputed
+    resumed = alternating_loader(images)  # a new process resuming epoch 2 at batch 3
+    tail = flip_states(resumed, images, 2, start_batch=3)
+    assert (tail >= 0).sum() == 100 - 3 * 16 and torch.equal(tail[tail >= 0], epoch2[tail >= 0])
+    assert not torch.equal(flip_states(alternating_loader(images, seed=1), images, 0), epoch0)
+
+
+def test_reflect_padded_crop_is_a_window_of_the_mirrored_border() -> None:
+    padding, side = 2, 6
+    x = random_images(B=30, H=side, W=side)
+    y = augment_batch(x, AugmentConfig(crop_padding=padding, crop_pad_mode="reflect"), gen())
+    padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+    offsets = set()
+    for cropped, source in zip(y, padded, strict=True):
+        matches = [
+            (top, left)
+            for top in range(2 * padding + 1)
+            for left in range(2 * padding + 1)
+            if torch.equal(cropped, source[:, top : top + side, left : left + side])
+        ]
+        assert len(matches) == 1  # a window of the reflect-padded image: no zero fill
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # each image draws its own offset
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"flip": True, "alternate_flip": True}, "two ways to flip: set only one"),
+        ({"crop_pad_mode": "mirror"}, "unknown data.augment.crop_pad_mode 'mirror'"),
+    ],
+)
+def test_conflicting_or_unknown_augment_settings_are_clear(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentConfig(**settings)
+
+
+def test_reflect_padding_wider_than_the_image_is_a_clear_error() -> None:
+    cfg = AugmentConfig(crop_padding=4, crop_pad_mode="reflect")
+    with pytest.raises(
+        ValueError, match="reflect padding of 4 pixels needs images larger than that, got 4x4"
+    ):
+        augment_batch(random_images(B=2, H=4, W=4), cfg, gen())
+    assert not AugmentConfig(crop_pad_mode="reflect").enabled  # how to pad is not an augmentation

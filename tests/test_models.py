@@ -8,6 +8,11 @@ from dlzoo.registry import MODELS
 SHAPES = {"image": (1, 28, 28), "rgb": (3, 32, 32), "small": (1, 8, 8)}
 
 
+def heads(name: str, model: nn.Module) -> tuple[int, ...]:
+    """() for one head; (heads,) for a model registered with multi_head=True (logits (B, heads, classes))."""
+    return (model.heads,) if MODELS.info(name).get("multi_head") else ()
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_every_model_runs_forward_and_backward(name, shape):
@@ -18,7 +23,7 @@ def test_every_model_runs_forward_and_backward(name, shape):
     model = create_model(name, num_classes, shape)
     x = torch.randn(4, *shape)
     out = model(x)
-    assert out.shape == (4, 1 if name == "logistic" else num_classes)
+    assert out.shape == (4, *heads(name, model), 1 if name == "logistic" else num_classes)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
@@ -32,7 +37,8 @@ def test_reset_head_changes_only_the_output_count(name):
     backbone = {n for n, _ in model.backbone_parameters()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.reset_head(3)
-    assert model.eval()(torch.randn(2, 1, side, side)).shape == (2, 3)  # eval: BN statistics stay
+    out = model.eval()(torch.randn(2, 1, side, side))  # eval: BN statistics stay
+    assert out.shape == (2, *heads(name, model), 3)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in backbone)
     head = {n for n, p in model.named_parameters() if p is model.head.weight or p is model.head.bias}

@@ -23,13 +23,30 @@ from dlzoo.data.sources import BAD_IMAGE_ERRORS, decode_image
 from dlzoo.models import create_model
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.registry import TASKS
+from dlzoo.report.results import ResultsTable, build_results, replace_between_markers
 from dlzoo.tasks.classify import class_probabilities, confusion_matrix
+from dlzoo.tasks.multitask import top_sequences
 from dlzoo.training.checkpoint import load_weights
 from dlzoo.training.loop import RunResult, pick_device, predict_classes
 from dlzoo.training.loop import evaluate as evaluate_split
 from dlzoo.training.loop import train as train_config
+from dlzoo.training.lr_find import lr_find as run_range_test
 from dlzoo.training.resume import find_resumable, resume_config
 from dlzoo.training.run import read_json
+
+
+def _with_options(
+    overrides: list[str] | None, data_dir: str | None, runs_dir: str | None, quiet: bool
+) -> list[str]:
+    """``overrides`` plus the config keys that the ``data_dir``, ``runs_dir``, ``quiet`` options set."""
+    extra = list(overrides or [])
+    if data_dir is not None:
+        extra.append(f"data.data_dir={data_dir}")
+    if runs_dir is not None:
+        extra.append(f"log.runs_dir={runs_dir}")
+    if quiet:
+        extra.append("log.progress=false")
+    return extra
 
 
 def train(
@@ -51,13 +68,7 @@ def train(
     prunes a trial).
     """
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe)
-    extra = list(overrides or [])
-    if data_dir is not None:
-        extra.append(f"data.data_dir={data_dir}")
-    if runs_dir is not None:
-        extra.append(f"log.runs_dir={runs_dir}")
-    if quiet:
-        extra.append("log.progress=false")
+    extra = _with_options(overrides, data_dir, runs_dir, quiet)
     if resume is None:
         return train_config(cfg.with_overrides(extra), quiet=quiet, on_epoch_end=on_epoch_end)
     if str(resume) == "auto":
@@ -66,6 +77,40 @@ def train(
         run_dir = Path(resume)
     resumed = resume_config(run_dir, cfg.recipe, extra, force)
     return train_config(resumed, quiet=quiet, on_epoch_end=on_epoch_end, resume_from=run_dir)
+
+
+def lr_find(
+    recipe: str | RunConfig,
+    overrides: list[str] | None = None,
+    start: float = 1e-6,
+    end: float = 1.0,
+    steps: int = 100,
+    data_dir: str | None = None,
+    runs_dir: str | None = None,
+) -> dict[str, Any]:
+    """The learning-rate range test (Smith 2017): ``steps`` training batches with the lr growing
+    exponentially from ``start`` to ``end``. Writes ``lr_find.csv/.png/.json`` into a new
+    ``runs/<recipe>/lr-find-<time>/`` and returns the json's content: the suggested
+    ``suggestion["base_lr"]``/``["max_lr"]`` and the ``overrides`` that train with them."""
+    cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe)
+    return run_range_test(
+        cfg.with_overrides(_with_options(overrides, data_dir, runs_dir, quiet=True)), start, end, steps
+    )
+
+
+def results(
+    runs_dir: str | Path = "runs",
+    recipes: list[str] | None = None,
+    write: str | Path | None = None,
+    with_overrides: bool = False,
+) -> ResultsTable:
+    """The results table of every recipe (or of ``recipes``) from the finished runs under ``runs_dir``;
+    ``write`` replaces the table between the results markers of that markdown file (see
+    ``dlzoo.report.results``)."""
+    table = build_results(Path(runs_dir), recipes, with_overrides)
+    if write is not None:
+        replace_between_markers(Path(write), table.markdown)
+    return table
 
 
 def finetune(
@@ -122,7 +167,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
 def evaluate(
     run_dir: str | Path, split: str = "test", checkpoint: str = "best", data_dir: str | None = None
 ) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and the confusion matrix of a run on its test or val split."""
+    """Accuracy, per-class accuracy and the confusion matrix of a run on its test or val split.
+
+    For a multi-head run ``accuracy`` counts an example right when every head is (a whole
+    captcha), the task adds ``char_accuracy`` and per-head accuracies, and the per-class
+    accuracy and confusion matrix pool the predictions of all heads."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {split!r}")
     run = load_run(run_dir, checkpoint)
@@ -140,8 +189,8 @@ def evaluate(
     metrics: dict[str, Any] = {
         k.removeprefix(f"{split}_"): v for k, v in evaluate_split(task, loader, prefix=split).items()
     }
-    predicted, target = predict_classes(run.model, loader)
-    matrix = confusion_matrix(predicted, target, len(run.classes))
+    predicted, target = predict_classes(run.model, loader)  # (N,) or, multi-head, (N, heads)
+    matrix = confusion_matrix(predicted.flatten(), target.flatten(), len(run.classes))  # heads pooled
     per_class = (matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
     metrics.update(
         split=split,
@@ -208,7 +257,8 @@ def predict(
     threshold: int | None = None,
     checkpoint: str = "best",
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image (files, folders or globs)."""
+    """Top-k classes with probabilities for each image (files, folders or globs); for a
+    multi-head run the top-k label sequences, each read as one string (a captcha's text)."""
     if threshold is not None and not 0 <= threshold <= 255:
         raise ValueError(f"threshold must be a pixel value in 0..255, got {threshold}")
     run = load_run(run_dir, checkpoint)
@@ -218,17 +268,29 @@ def predict(
     paths = expand_image_paths(files)
     batch = torch.stack([load_image(p, in_shape, invert, threshold) for p in paths])
     with torch.no_grad():
-        probabilities = class_probabilities(run.model(run.normalizer(batch.float() / 255)))
-    k = min(top_k, len(run.classes))
+        outputs = run.model(run.normalizer(batch.float() / 255))
     results = []
-    for path, row in zip(paths, probabilities):
-        values, indices = row.topk(k)
-        top = [
-            {"class": run.classes[i], "probability": round(v, 4)}
-            for v, i in zip(values.tolist(), indices.tolist())
-        ]
+    for path, row in zip(paths, outputs.float()):
+        if row.dim() == 2:  # multi-head (heads, classes): label sequences, read as text (a captcha's)
+            sequences = top_sequences(torch.softmax(row, dim=-1), top_k)
+            ranked = [("".join(run.classes[i] for i in labels), p) for labels, p in sequences]
+        else:
+            values, indices = class_probabilities(row[None])[0].topk(min(top_k, len(run.classes)))
+            ranked = [(run.classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
+        top = [{"class": name, "probability": round(p, 4)} for name, p in ranked]
         results.append({"file": str(path), "top": top})
     return results
 
 
-__all__ = ["LoadedRun", "evaluate", "finetune", "list_recipes", "load_recipe", "load_run", "predict", "train"]
+__all__ = [
+    "LoadedRun",
+    "evaluate",
+    "finetune",
+    "list_recipes",
+    "load_recipe",
+    "load_run",
+    "lr_find",
+    "predict",
+    "results",
+    "train",
+]

@@ -187,6 +187,44 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from dlzoo.api import lr_find
+
+    result = lr_find(
+        args.recipe,
+        args.set,
+        start=args.start,
+        end=args.end,
+        steps=args.steps,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+    )
+    suggestion = result["suggestion"]
+    print(f"{result['steps_run']} steps from lr {result['start']:g}; {result['ended']}")
+    print(
+        f"suggested cyclic range: base_lr {suggestion['base_lr']:.3g} to max_lr {suggestion['max_lr']:.3g} "
+        f"({suggestion['rule']}; the smoothed loss was lowest at lr {suggestion['min_loss_lr']:.3g})"
+    )
+    print(
+        f"train with: dlzoo train {result['recipe']} " + " ".join(f"--set {o}" for o in result["overrides"])
+    )
+    print(f"curve: {result['folder']}/lr_find.png")
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from dlzoo.api import results
+
+    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()] if args.recipes else None
+    table = results(args.runs_dir, recipes, write=args.write, with_overrides=args.with_overrides)
+    print(table.markdown)
+    if table.excluded:
+        print(f"left out {len(table.excluded)} run folders:", file=sys.stderr)
+        for line in table.excluded:
+            print(f"  {line}", file=sys.stderr)
+    if args.write:
+        print(f"wrote the table into {args.write}", file=sys.stderr)
+
+
 def cmd_data_list(args: argparse.Namespace) -> None:
     from dlzoo.data import pipeline
     from dlzoo.data.core import resolve_data_dir
@@ -347,6 +385,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", help="where the runs' data is, if not where they were trained")
     sub.add_argument(
         "--wrong-examples", type=int, default=16, metavar="N", help="confidently wrong test images to show"
+    )
+
+    sub = add("lr-find", cmd_lr_find, "LR range test: train with a growing lr and suggest a cyclic range")
+    sub.add_argument("recipe", help="recipe name (dlzoo list) or a path to a recipe .toml file")
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sub.add_argument("--start", type=float, default=1e-6, help="first learning rate (default 1e-6)")
+    sub.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    sub.add_argument("--steps", type=int, default=100, help="training batches, at most (default 100)")
+    sub.add_argument("--data-dir")
+    sub.add_argument("--runs-dir", help="writes RUNS_DIR/RECIPE/lr-find-<time>/ (default ./runs)")
+
+    sub = add("results", cmd_results, "the results table of every recipe, from the finished runs")
+    sub.add_argument("--runs-dir", default="runs", help="where the run folders are (default ./runs)")
+    sub.add_argument(
+        "--write", metavar="FILE", help="replace the table between the results markers of FILE (README.md)"
+    )
+    sub.add_argument("--recipes", metavar="A,B,...", help="only these recipes (default: all)")
+    sub.add_argument(
+        "--with-overrides",
+        action="store_true",
+        help="also show runs with other settings than the recipe, one row per set of overrides",
     )
 
     data = add("data", lambda a: parser.parse_args(["data", "--help"]), "list data sets, import your own")

@@ -50,6 +50,10 @@ class AugmentConfig:
     """Zoom factor drawn from [1 - zoom, 1 + zoom] (Keras zoom_range)."""
     cutout: int = 0
     """Side in pixels of one random square per image set to grey, 0.5 (0 = off)."""
+    alternate_flip: bool = False
+    """airbench's flip: each image flipped at random in epoch 0, then the opposite way each epoch."""
+    crop_pad_mode: str = "zeros"
+    """How the random crop pads: zeros, or reflect (mirror the border pixels, as airbench does)."""
 
     def __post_init__(self) -> None:
         for name in ("crop_padding", "cutout"):
@@ -58,10 +62,16 @@ class AugmentConfig:
         for name in ("brightness", "contrast", "width_shift", "height_shift", "zoom"):
             _check_range(f"data.augment.{name}", getattr(self, name), 0.0, 1.0)
         _check_range("data.augment.rotation", self.rotation, 0.0, 180.0)
+        _check_choice("data.augment.crop_pad_mode", self.crop_pad_mode, ("zeros", "reflect"))
+        if self.flip and self.alternate_flip:
+            raise ValueError(
+                "data.augment.flip and data.augment.alternate_flip are two ways to flip: set only one"
+            )
 
     @property
     def enabled(self) -> bool:
-        return any(getattr(self, f.name) for f in dataclasses.fields(self))
+        """Whether any augmentation is on (crop_pad_mode only says how the crop pads)."""
+        return any(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "crop_pad_mode")
 
 
 NORMALIZE_CHOICES = ("standard", "unit", "none")
@@ -134,7 +144,7 @@ class ModelConfig:
     shortcut: str | None = None
     """ResNet shortcut where the shape changes: A (subsample + zero-pad) or B (1x1 projection)."""
     stem: str | None = None
-    """ResNet-18..152 stem: cifar (3x3 conv, no max-pool) or imagenet (7x7/2 conv + 3x3/2 max-pool)."""
+    """ResNet-18..152 / MobileNet-v2 stem: cifar (stride 1, no max-pool) or imagenet (torchvision's)."""
     width_mult: float | None = None
     """MobileNet width multiplier (channels scaled by this factor)."""
     pretrained: bool | None = None
@@ -346,6 +356,8 @@ class MetaConfig:
     """Seeds of the measured runs."""
     result_minutes: float = 0.0
     """Measured wall time of one run on a 2-core CPU, in minutes."""
+    result_note: str = ""
+    """How the measurement was taken when it differs from the default (threads, overrides...)."""
 
 
 SECTIONS: dict[str, type] = {

@@ -9,6 +9,11 @@ resumed run see bitwise the same batches as an uninterrupted one.
 The random parameters (a few numbers per image) are drawn on the generator's
 device and then moved to the batch's device, so a CPU generator gives the same
 augmentation whether the batch lives on the CPU or a GPU.
+
+One draw is not per batch: airbench's alternating flip mirrors an image in an
+epoch exactly when it was not mirrored in the previous one, so it depends on the
+image, not on its batch. The loader draws each image's epoch-0 flip once
+(``first_flips``) and passes the batch's flips for the epoch (``alternating_flips``).
 """
 
 from __future__ import annotations
@@ -37,17 +42,24 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, x: T
     return draws.to(x.device)
 
 
-def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Zero-pad each side by ``padding`` pixels, then cut a random H x W window per image.
+def random_crop(x: Tensor, padding: int, generator: torch.Generator, pad_mode: str = "zeros") -> Tensor:
+    """Pad each side by ``padding`` pixels, then cut a random H x W window per image.
 
     Equivalent to translating each image by up to ``padding`` pixels in each
-    direction with a zero fill. Two gathers (rows, then columns) cut all the
-    windows at once.
+    direction, filling with zeros (``pad_mode="zeros"``) or with the mirrored
+    border (``"reflect"``, airbench's choice). Two gathers (rows, then columns)
+    cut all the windows at once.
     """
     if padding == 0:
         return x
     B, C, H, W = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
+    if pad_mode == "reflect" and padding >= min(H, W):
+        raise ValueError(
+            f"reflect padding of {padding} pixels needs images larger than that, got {H}x{W}; "
+            "lower data.augment.crop_padding or use crop_pad_mode=zeros"
+        )
+    mode = "reflect" if pad_mode == "reflect" else "constant"
+    padded = F.pad(x, (padding, padding, padding, padding), mode=mode)  # (B, C, H + 2p, W + 2p)
     top = _randint(2 * padding + 1, (B,), generator, x)
     left = _randint(2 * padding + 1, (B,), generator, x)
     rows = top[:, None] + torch.arange(H, device=x.device)  # (B, H) source row of each output row
@@ -58,10 +70,26 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     return x.gather(3, col_index)  # (B, C, H, W)
 
 
+def flip_where(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror left-right the images whose entry of the (B,) bool ``flip`` is true."""
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = _uniform(0.0, 1.0, (x.shape[0],), generator, x) < 0.5  # (B,)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return flip_where(x, _uniform(0.0, 1.0, (x.shape[0],), generator, x) < 0.5)
+
+
+def first_flips(num_images: int, generator: torch.Generator) -> Tensor:
+    """(N,) bool: whether each image of a split is mirrored in epoch 0 of an alternating flip."""
+    return torch.rand(num_images, generator=generator) < 0.5
+
+
+def alternating_flips(first: Tensor, epoch: int) -> Tensor:
+    """Whether each image is mirrored in ``epoch``, given ``first``, its flips in epoch 0:
+    the opposite of the previous epoch every time, so in any two consecutive epochs an image
+    is seen once as it is and once mirrored (airbench's alternating flip)."""
+    return first ^ bool(epoch % 2)
 
 
 def affine_transform(
@@ -159,19 +187,27 @@ def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return x.masked_fill(mask[:, None], CUTOUT_FILL)
 
 
-def augment_batch(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
+def augment_batch(
+    x: Tensor, cfg: AugmentConfig, generator: torch.Generator, flips: Tensor | None = None
+) -> Tensor:
     """Apply every enabled augmentation in ``cfg`` to a (B, C, H, W) batch in [0, 1].
 
+    ``flips`` (B,) bool says which images an alternating flip mirrors in this
+    epoch (``alternating_flips``); it is needed exactly when ``cfg.alternate_flip``.
     Order: geometry (crop, rotation/shift/zoom, flip), then photometry
     (brightness, contrast) followed by a clamp to [0, 1], then cutout last so
     its squares stay exactly grey.
     """
+    if cfg.alternate_flip and flips is None:
+        raise ValueError("data.augment.alternate_flip needs each image's flip for the epoch: pass flips")
     if cfg.crop_padding:
-        x = random_crop(x, cfg.crop_padding, generator)
+        x = random_crop(x, cfg.crop_padding, generator, cfg.crop_pad_mode)
     if cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.zoom:
         x = random_affine(x, cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.zoom, generator)
     if cfg.flip:
         x = random_flip(x, generator)
+    if cfg.alternate_flip:
+        x = flip_where(x, flips)
     if cfg.brightness or cfg.contrast:
         if cfg.brightness:
             x = random_brightness(x, cfg.brightness, generator)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dlzoo.config import NORMALIZE_CHOICES, AugmentConfig
-from dlzoo.data.augment import augment_batch
+from dlzoo.data.augment import alternating_flips, augment_batch, first_flips
 from dlzoo.data.core import DataBundle, Split
 from dlzoo.registry import unknown_name_message
 
@@ -284,6 +284,12 @@ class BatchLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
+        # alternate_flip: each example's epoch-0 flip, drawn once from (seed, -1), a seed no epoch uses;
+        # epoch e's flips follow from it, so they too are a pure function of (seed, epoch, example).
+        self.first_flips: Tensor | None = None
+        if augment is not None and augment.alternate_flip:
+            generator = torch.Generator().manual_seed(mix_seed(seed, -1))
+            self.first_flips = first_flips(len(self.y), generator).to(self.device)
 
     @property
     def num_examples(self) -> int:
@@ -309,12 +315,15 @@ class BatchLoader:
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         return torch.randperm(self.num_examples, generator=generator).to(self.device)
 
-    def _model_input(self, x: Tensor, batch_index: int) -> Tensor:
+    def _model_input(self, x: Tensor, batch_index: int, rows: slice | Tensor) -> Tensor:
         if self.is_image:
             x = _to_unit_float(x)
             if self.augment is not None:
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, batch_index))
-                x = augment_batch(x, self.augment, generator)
+                flips = None
+                if self.first_flips is not None:  # alternate_flip: the batch's images mirrored this epoch
+                    flips = alternating_flips(self.first_flips[rows], self.epoch)
+                x = augment_batch(x, self.augment, generator, flips)
         elif not x.is_floating_point():
             return x
         return self.normalizer(x.float())
@@ -325,4 +334,4 @@ class BatchLoader:
             start = batch_index * self.batch_size
             stop = start + self.batch_size
             rows = slice(start, stop) if order is None else order[start:stop]
-            yield self._model_input(self.x[rows], batch_index), self.y[rows]
+            yield self._model_input(self.x[rows], batch_index, rows), self.y[rows]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dlzoo.config import DataConfig
-from dlzoo.data import sources  # noqa: F401  (registers the data sets)
+from dlzoo.data import captcha, sources  # noqa: F401  (registers the data sets)
 from dlzoo.data.core import DataBundle, resolve_data_dir
 from dlzoo.data.loader import BatchLoader, Normalizer, resize_images, select_classes, split_train_val
 from dlzoo.registry import DATASETS

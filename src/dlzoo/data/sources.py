@@ -11,10 +11,22 @@ error says in one line which files to place in which folder.
 - ``mnist``, ``fashion_mnist``: the official IDX files, gzip'd or not, parsed
   here with numpy (local copies are not MD5-checked: a re-gzipped copy has
   different archive bytes but the same content).
-- ``cifar10``: the official python batches, or an image-folder copy (a folder
-  or .zip of ``train/<class>/*`` and ``test/<class>/*``). Decoded image folders
-  are cached as tensors under ``default_data_dir()/cache``, never beside the
-  source, which may be read-only.
+- ``cifar10``, ``cifar100``: the official python batches, or an image-folder
+  copy (a folder or .zip of ``train/<class>/*`` and ``test/<class>/*``).
+  ``cifar100_coarse`` is CIFAR-100 with the 20 superclass labels (official
+  batches only). Decoded image folders are cached as tensors under
+  ``default_data_dir()/cache``, never beside the source, which may be read-only.
+- ``svhn``: the official ``train_32x32.mat``/``test_32x32.mat`` (digit 0 is
+  labelled 10 there, 0 here).
+- ``celeba_gender``: CelebA's aligned faces labelled by the Male attribute,
+  centre-cropped and resized to 64x64 once, then cached.
+- ``quickdraw``: Quick, Draw! 28x28 bitmaps, one file per class (Google's
+  ``.npy`` or raw bytes), with a fixed stratified 20% test split.
+
+Apart from CIFAR-10's official batches (read by torchvision), local copies are
+parsed here without MD5 checks (a re-packed copy has other bytes but the same
+content); downloads go through torchvision, which checks them where the source
+publishes checksums.
 
 The image-folder reader (:class:`FileTree`, :func:`read_image_folder`) is shared
 with :mod:`dlzoo.data.importer`.
@@ -28,9 +40,11 @@ import io
 import logging
 import math
 import os
+import pickle
 import re
 import struct
 import tempfile
+import urllib.parse
 import warnings
 import zipfile
 import zlib
@@ -64,6 +78,29 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab",
+    "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl",
+    "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea",
+    "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel",
+    "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+]  # fmt: skip
+"""The fine label names of the official ``meta`` file (alphabetical); image-folder copies use these."""
+
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+CELEBA_CLASSES = ["female", "male"]
+CELEBA_LISTS = ("list_attr_celeba.txt", "list_eval_partition.txt")
+CELEBA_SIZE = 64
+"""Side of the cached CelebA images (square centre crop, then resized), as in DCGAN."""
+QUICKDRAW_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/{}.npy"
+QUICKDRAW_PIXELS = 28 * 28
 
 CACHE_VERSION = 1
 """Bump when the decoding changes, so stale caches are not reused."""
@@ -508,7 +545,7 @@ def fashion_mnist(root: Path, download: bool) -> DataBundle:
     )  # fmt: skip
 
 
-# --------------------------------------------------------------------------- CIFAR-10
+# --------------------------------------------------------------------------- CIFAR-10 and CIFAR-100
 
 
 def _cifar10_batches(root: Path, download: bool) -> DataBundle:
@@ -524,39 +561,71 @@ def _cifar10_batches(root: Path, download: bool) -> DataBundle:
     return DataBundle(splits[0], splits[1], list(CIFAR10_CLASSES), source)
 
 
-def _cifar10_folder_problem(tree: FileTree) -> str | None:
-    """Why ``tree`` is not a train/test image-folder copy of CIFAR-10, or None if it is."""
+def _cifar_folder_problem(tree: FileTree, classes: list[str]) -> str | None:
+    """Why ``tree`` is not a train/test image-folder copy with ``classes``, or None if it is."""
     for split in ("train", "test"):
         found = sorted(tree.folders(split))
-        if found != sorted(CIFAR10_CLASSES):
-            return (
-                f"expected {split}/<class>/ folders for {', '.join(CIFAR10_CLASSES)}; found {found or 'none'}"
-            )
+        if found != sorted(classes):
+            shown = ", ".join(classes) if len(classes) <= 10 else f"the {len(classes)} classes"
+            return f"expected {split}/<class>/ folders for {shown}; found {found or 'none'}"
     return None
 
 
-def _describe_cifar10_copy(path: Path, tree: FileTree) -> str:
+def _describe_cifar_copy(title: str, path: Path, tree: FileTree) -> str:
     """Label the copy honestly: a JPEG copy is lossy and scores below the official data."""
     quality = re.search(r"q(\d+)", path.name.lower())
     if "jpeg" in path.name.lower() and quality:
-        return f"CIFAR-10 (JPEG q{quality.group(1)} copy) from {path}"
+        return f"{title} (JPEG q{quality.group(1)} copy) from {path}"
     extensions = {name.rsplit(".", 1)[-1].lower() for name in tree.files if "." in name}
     if "jpeg" in path.name.lower() or "jpg" in path.name.lower() or extensions & {"jpg", "jpeg"}:
-        return f"CIFAR-10 (image-folder copy, JPEG) from {path}"
-    return f"CIFAR-10 (image-folder copy, {'/'.join(sorted(extensions)).upper()}) from {path}"
+        return f"{title} (image-folder copy, JPEG) from {path}"
+    return f"{title} (image-folder copy, {'/'.join(sorted(extensions)).upper()}) from {path}"
 
 
-def _read_cifar10_folder(path: Path) -> DataBundle:
+def _read_cifar_folder(title: str, classes: list[str], path: Path) -> DataBundle:
     with FileTree(path, unwrap=True) as tree:
-        log.info("decoding CIFAR-10 images from %s (once; cached afterwards)", path)
-        train = read_image_folder(tree, "train", classes=CIFAR10_CLASSES)
-        test = read_image_folder(tree, "test", classes=CIFAR10_CLASSES)
-        source = _describe_cifar10_copy(path, tree)
-    return DataBundle(Split(train.x, train.y), Split(test.x, test.y), list(CIFAR10_CLASSES), source)
+        log.info("decoding %s images from %s (once; cached afterwards)", title, path)
+        train = read_image_folder(tree, "train", classes=classes)
+        test = read_image_folder(tree, "test", classes=classes)
+        source = _describe_cifar_copy(title, path, tree)
+    return DataBundle(Split(train.x, train.y), Split(test.x, test.y), list(classes), source)
 
 
 def _has_subfolders(path: Path) -> bool:
     return any(child.is_dir() for child in path.iterdir())
+
+
+def _cifar_image_folder(root: Path, name: str, title: str, classes: list[str]) -> DataBundle | None:
+    """An image-folder copy (``train/<class>/*``, ``test/<class>/*``) in or beside ``root``, or None.
+
+    Looks in ``root/<name>`` (a folder, or .zip files in it), ``root/<name>-jpeg/*.zip``, then
+    ``root/*.zip``. The named places must hold this data set; any other zip is only a candidate.
+    """
+    named = [root / name, *sorted(root.glob(f"{name}/*.zip")), *sorted(root.glob(f"{name}-jpeg/*.zip"))]
+    named = [path for path in named if path.is_file() or (path.is_dir() and _has_subfolders(path))]
+    others = sorted(path for path in root.glob("*.zip") if path.is_file())
+    for path in named + others:
+        cache = cache_path(name, path)
+        if not cache.is_file():  # a cached copy was checked when it was made
+            with FileTree(path, unwrap=True) as tree:
+                problem = _cifar_folder_problem(tree, classes)
+            if problem is not None and path in named:
+                raise ValueError(f"{path} is not an image-folder copy of {title}: {problem}")
+            if problem is not None:
+                continue
+        return cached_bundle(cache, lambda path=path: _read_cifar_folder(title, classes, path))
+    return None
+
+
+def _cifar_not_found(title: str, batches: str, archive: str, root: Path, name: str | None, hint: str) -> str:
+    """One line naming the official folder and, when ``name`` is given, the image-folder places."""
+    official = f"place the official {batches} folder (from {archive}) in {root}"
+    if name is None:
+        return f"{title} not found: {official} ({hint})"
+    return (
+        f"{title} not found: {official}, or an image-folder copy (train/<class>/*.png|jpg and "
+        f"test/<class>/*) as {root / name} or as a .zip in {root} ({hint})"
+    )
 
 
 @DATASETS.register("cifar10")
@@ -573,20 +642,9 @@ def cifar10(root: Path, download: bool) -> DataBundle:
             raise ValueError(
                 f"{root / 'cifar-10-batches-py'} is incomplete or corrupt ({err}); delete it, download again"
             ) from err
-    # Named places must hold CIFAR-10; any other zip in root is only a candidate.
-    named = [root / "cifar10", *sorted(root.glob("cifar10/*.zip")), *sorted(root.glob("cifar10-jpeg/*.zip"))]
-    named = [path for path in named if path.is_file() or (path.is_dir() and _has_subfolders(path))]
-    others = sorted(path for path in root.glob("*.zip") if path.is_file())
-    for path in named + others:
-        cache = cache_path("cifar10", path)
-        if not cache.is_file():  # a cached copy was checked when it was made
-            with FileTree(path, unwrap=True) as tree:
-                problem = _cifar10_folder_problem(tree)
-            if problem is not None and path in named:
-                raise ValueError(f"{path} is not an image-folder copy of CIFAR-10: {problem}")
-            if problem is not None:
-                continue
-        return cached_bundle(cache, lambda path=path: _read_cifar10_folder(path))
+    bundle = _cifar_image_folder(root, "cifar10", "CIFAR-10", CIFAR10_CLASSES)
+    if bundle is not None:
+        return bundle
     hint = "or run with download allowed and network"
     if download:
         try:
@@ -594,7 +652,354 @@ def cifar10(root: Path, download: bool) -> DataBundle:
         except (OSError, RuntimeError) as err:  # URLError is an OSError
             hint = f"the download failed: {_one_line(err)}"
     raise FileNotFoundError(
-        f"CIFAR-10 not found: place the official cifar-10-batches-py folder (from cifar-10-python.tar.gz) in "
-        f"{root}, or an image-folder copy (train/<class>/*.png|jpg and test/<class>/*) as {root / 'cifar10'} "
-        f"or as a .zip in {root} ({hint})"
+        _cifar_not_found("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", root, "cifar10", hint)
     )
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    """One python-pickle file of the CIFAR archives (written by Python 2, hence latin1)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: place train, test and meta (from cifar-100-python.tar.gz) in {path.parent}"
+        )
+    try:
+        with open(path, "rb") as file:
+            data = pickle.load(file, encoding="latin1")
+    except Exception as err:  # unpickling garbage can raise almost any exception type
+        raise ValueError(
+            f"{path} is incomplete or corrupt ({_one_line(err)}); delete it, download again"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a CIFAR-100 file: it holds a {type(data).__name__}, not a dict")
+    return data
+
+
+def _cifar100_split(path: Path, label_key: str, n_classes: int) -> Split:
+    batch = _load_cifar_pickle(path)
+    data, labels = np.asarray(batch.get("data")), batch.get(label_key)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None or len(labels) != len(data):
+        raise ValueError(
+            f"{path} is not a CIFAR-100 batch: expected 'data' (N, 3072) and {label_key!r} with N labels"
+        )
+    y = torch.tensor(labels, dtype=torch.int64)
+    if len(y) and not 0 <= int(y.min()) <= int(y.max()) < n_classes:
+        raise ValueError(f"{path} has {label_key} outside 0..{n_classes - 1}")
+    x = torch.from_numpy(data.astype(np.uint8).reshape(-1, 3, 32, 32).copy())  # rows: R, G, B planes of 32x32
+    return Split(x, y)
+
+
+def _cifar100_batches(folder: Path, coarse: bool) -> DataBundle:
+    """``folder`` = cifar-100-python: ``train``, ``test`` and ``meta`` (the class names)."""
+    kind = "coarse" if coarse else "fine"
+    meta = _load_cifar_pickle(folder / "meta")
+    classes = meta.get(f"{kind}_label_names")
+    if not isinstance(classes, list) or len(classes) != (20 if coarse else 100):
+        raise ValueError(f"{folder / 'meta'} has no list of {20 if coarse else 100} {kind}_label_names")
+    train = _cifar100_split(folder / "train", f"{kind}_labels", len(classes))
+    test = _cifar100_split(folder / "test", f"{kind}_labels", len(classes))
+    return DataBundle(
+        train, test, [str(name) for name in classes], f"CIFAR-100 (official, {kind}) from {folder}"
+    )
+
+
+def _cifar100(root: Path, download: bool, *, coarse: bool) -> DataBundle:
+    folder = root / "cifar-100-python"
+    if not folder.is_dir() and not coarse:  # an image-folder copy has the fine classes only
+        bundle = _cifar_image_folder(root, "cifar100", "CIFAR-100", CIFAR100_CLASSES)
+        if bundle is not None:
+            return bundle
+    hint = "or run with download allowed and network"
+    if not folder.is_dir() and download:
+        from torchvision.datasets import CIFAR100
+
+        try:
+            CIFAR100(str(root), train=True, download=True)  # official URL + MD5, unpacked into root
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            hint = f"the download failed: {_one_line(err)}"
+    if not folder.is_dir():
+        title = "CIFAR-100 (coarse labels)" if coarse else "CIFAR-100"
+        name = None if coarse else "cifar100"
+        raise FileNotFoundError(
+            _cifar_not_found(title, "cifar-100-python", "cifar-100-python.tar.gz", root, name, hint)
+        )
+    return _cifar100_batches(folder, coarse)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: Path, download: bool) -> DataBundle:
+    """CIFAR-100, 50,000/10,000 uint8 (N, 3, 32, 32), the 100 fine classes (names from ``meta``).
+
+    Looks for ``root/cifar-100-python``, then an image-folder copy as for CIFAR-10:
+    ``root/cifar100`` (a folder, or .zip files in it), ``root/cifar100-jpeg/*.zip``, ``root/*.zip``.
+    """
+    return _cifar100(root, download, coarse=False)
+
+
+@DATASETS.register("cifar100_coarse")
+def cifar100_coarse(root: Path, download: bool) -> DataBundle:
+    """CIFAR-100 images with the 20 superclass labels; official batches only (``root/cifar-100-python``)."""
+    return _cifar100(root, download, coarse=True)
+
+
+# --------------------------------------------------------------------------- SVHN
+
+
+def _read_svhn(path: Path) -> Split:
+    """One ``*_32x32.mat`` file: X (32, 32, 3, N) uint8 and y (N, 1) with digit 0 labelled 10."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        mat = loadmat(path)
+    except (OSError, ValueError, NotImplementedError, MatReadError) as err:
+        raise ValueError(f"{path} cannot be read ({_one_line(err)}); replace it with a fresh copy") from err
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
+        raise ValueError(f"{path} is not an SVHN 32x32 file: expected X (32, 32, 3, N) and y (N, 1)")
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0  # the .mat files give digit 0 the label 10
+    if len(labels) and not 0 <= labels.min() <= labels.max() <= 9:
+        raise ValueError(f"{path} has labels outside 1..10 (10 = digit 0)")
+    images = np.ascontiguousarray(x.astype(np.uint8, copy=False).transpose(3, 2, 0, 1))  # -> (N, 3, 32, 32)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+@DATASETS.register("svhn")
+def svhn(root: Path, download: bool) -> DataBundle:
+    """Street View House Numbers (cropped digits), 73,257/26,032 uint8 (N, 3, 32, 32), classes "0".."9".
+
+    Looks for ``train_32x32.mat`` and ``test_32x32.mat`` in ``root/svhn``, then ``root``; the
+    ``extra`` split is not used. Local copies are not MD5-checked, downloads are (by torchvision).
+    """
+    folders = [root / "svhn", root]
+
+    def find() -> Path | None:
+        return next((f for f in folders if all((f / name).is_file() for name in SVHN_FILES)), None)
+
+    folder, hint = find(), "or run with download allowed and network"
+    if folder is None and download:
+        from torchvision.datasets import SVHN
+
+        try:
+            for split in ("train", "test"):  # official URLs + MD5, stored in root/svhn
+                SVHN(str(root / "svhn"), split=split, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            hint = f"the download failed: {_one_line(err)}"
+        folder = find()
+    if folder is None:
+        raise FileNotFoundError(
+            f"SVHN not found: place {' and '.join(SVHN_FILES)} (from "
+            f"http://ufldl.stanford.edu/housenumbers/) in {root / 'svhn'} ({hint})"
+        )
+    train, test = (_read_svhn(folder / name) for name in SVHN_FILES)
+    return DataBundle(train, test, [str(d) for d in range(10)], f"SVHN (official .mat files) from {folder}")
+
+
+# --------------------------------------------------------------------------- CelebA
+
+
+def _celeba_lists(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(image file names, Male label 0/1, partition 0/1/2) from the two official text files."""
+    attr_path, partition_path = (folder / name for name in CELEBA_LISTS)
+    lines = attr_path.read_text().splitlines()
+    names = lines[1].split() if len(lines) > 1 else []
+    if not lines or not lines[0].strip().isdigit() or "Male" not in names:
+        raise ValueError(
+            f"{attr_path} is not a CelebA attribute list: expected a count, then names incl. Male"
+        )
+    column = 1 + names.index("Male")
+    files, male = [], []
+    for number, line in enumerate(lines[2 : 2 + int(lines[0])], start=3):
+        fields = line.split()
+        if len(fields) != 1 + len(names) or fields[column] not in ("1", "-1"):
+            raise ValueError(f"{attr_path} line {number} is not '<file> ' + {len(names)} values of 1 or -1")
+        files.append(fields[0])
+        male.append(fields[column] == "1")
+    partition = {}
+    for number, line in enumerate(partition_path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if fields and (len(fields) != 2 or fields[1] not in ("0", "1", "2")):
+            raise ValueError(f"{partition_path} line {number} is not '<file> 0|1|2'")
+        if fields:
+            partition[fields[0]] = int(fields[1])
+    unlisted = [file for file in files if file not in partition]
+    if unlisted:
+        raise ValueError(
+            f"{partition_path} does not list {len(unlisted)} images of {attr_path}, e.g. {unlisted[0]}"
+        )
+    split = np.array([partition[file] for file in files], dtype=np.int64)
+    return files, np.array(male, dtype=np.int64), split
+
+
+def _celeba_images(folder: Path) -> Path | None:
+    """The aligned images: the ``img_align_celeba`` folder, else its .zip (as downloaded)."""
+    for candidate in (folder / "img_align_celeba", folder / "img_align_celeba.zip"):
+        if candidate.is_dir() or candidate.is_file():
+            return candidate
+    return None
+
+
+def _decode_celeba(tree: FileTree, files: list[str], size: int) -> torch.Tensor:
+    """Decode in chunks (a full-size 178x218 chunk is 116 kB an image), centre-crop square, resize."""
+    from torchvision.transforms.v2.functional import center_crop, resize
+
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    for start in range(0, len(files), 512):
+        chunk, _ = decode_images(tree, files[start : start + 512])  # (n, 3, H, W)
+        side = min(chunk.shape[2:])
+        images[start : start + len(chunk)] = resize(
+            center_crop(chunk, [side, side]), [size, size], antialias=True
+        )
+    return images
+
+
+def _read_celeba(folder: Path, images_path: Path) -> DataBundle:
+    files, male, partition = _celeba_lists(folder)
+    with FileTree(images_path) as tree:
+        by_name = {name.rsplit("/", 1)[-1]: name for name in tree.files}  # the .zip wraps them in a folder
+        missing = [file for file in files if file not in by_name]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} images listed in {folder / CELEBA_LISTS[0]} are missing from {images_path}, "
+                f"e.g. {missing[0]}"
+            )
+        log.info("decoding %d CelebA images from %s (once; cached afterwards)", len(files), images_path)
+        x = _decode_celeba(tree, [by_name[file] for file in files], CELEBA_SIZE)
+    y = torch.from_numpy(male)
+    test = torch.from_numpy(partition == 2)  # 0 train and 1 valid both train: the loop holds out its own
+    source = f"CelebA aligned, Male attribute, centre-cropped to {CELEBA_SIZE}x{CELEBA_SIZE}, from {folder}"
+    return DataBundle(Split(x[~test], y[~test]), Split(x[test], y[test]), list(CELEBA_CLASSES), source)
+
+
+@DATASETS.register("celeba_gender")
+def celeba_gender(root: Path, download: bool) -> DataBundle:
+    """CelebA aligned faces labelled by the Male attribute, 182,637/19,962 uint8 (N, 3, 64, 64).
+
+    The official partition: train and valid (0, 1) form the training split, test (2) the test
+    split. Each 178x218 image is centre-cropped to 178x178 and resized to 64x64 (the DCGAN
+    convention), once; the result is cached. Looks in ``root/celeba`` (torchvision's layout),
+    then ``root``.
+    """
+    folders = [root / "celeba", root]
+
+    def find() -> tuple[Path, Path] | None:
+        for folder in folders:
+            images = _celeba_images(folder)
+            if images is not None and all((folder / name).is_file() for name in CELEBA_LISTS):
+                return folder, images
+        return None
+
+    found, hint = find(), "or run with download allowed and network"
+    if found is None and download:
+        from torchvision.datasets import CelebA
+
+        try:  # Google Drive via gdown (an extra install), MD5-checked, unpacked into root/celeba
+            CelebA(str(root), split="all", download=True)
+        except Exception as err:  # gdown raises its own types (quota exceeded, no such file...)
+            hint = f"the download failed: {_one_line(err)}"
+        found = find()
+    if found is None:
+        raise FileNotFoundError(
+            f"CelebA not found: place img_align_celeba/ (or img_align_celeba.zip), "
+            f"{' and '.join(CELEBA_LISTS)} in {root / 'celeba'} ({hint})"
+        )
+    folder, images = found
+    cache = cache_path(f"celeba_gender-{CELEBA_SIZE}", folder)  # changes with the lists and the images
+    return cached_bundle(cache, lambda: _read_celeba(folder, images))
+
+
+# --------------------------------------------------------------------------- Quick, Draw!
+
+
+def _quickdraw_url(name: str) -> str:
+    return QUICKDRAW_URL.format(urllib.parse.quote(name))
+
+
+def _quickdraw_files(folder: Path) -> dict[str, Path]:
+    """{class: file} for ``<class>.npy``, ``full_numpy_bitmap_<class>.npy`` and raw ``<class>[count].bin``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix == ".npy":
+            name = path.stem.removeprefix("full_numpy_bitmap_")
+        elif path.suffix == ".bin":
+            name = re.sub(r"\d+$", "", path.stem)  # cats1000.bin holds the class "cats"
+        else:
+            continue
+        if name in found:
+            raise ValueError(f"{found[name]} and {path} both hold the Quick, Draw! class {name!r}; keep one")
+        found[name] = path
+    return found
+
+
+def _read_quickdraw(path: Path) -> np.ndarray:
+    """One class's drawings as uint8 (N, 28, 28), 0 = background."""
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(
+                f"{path} cannot be read ({_one_line(err)}); replace it with a fresh copy"
+            ) from err
+        if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != QUICKDRAW_PIXELS:
+            raise ValueError(
+                f"{path} is not a Quick, Draw! bitmap file: expected uint8 (N, 784), found {array.dtype} "
+                f"{array.shape}"
+            )
+    else:
+        data = path.read_bytes()
+        if len(data) % QUICKDRAW_PIXELS:
+            raise ValueError(
+                f"{path} holds {len(data)} bytes, not a whole number of 784-byte (28x28) drawings"
+            )
+        array = np.frombuffer(data, dtype=np.uint8).reshape(-1, QUICKDRAW_PIXELS)
+    if len(array) == 0:
+        raise ValueError(f"{path} holds no drawings")
+    return array.reshape(-1, 28, 28)
+
+
+@DATASETS.register("quickdraw")
+def quickdraw(root: Path, download: bool) -> DataBundle:
+    """Quick, Draw! doodles, uint8 (N, 1, 28, 28), one file per class in ``root/quickdraw``.
+
+    The classes are the files present, sorted, unless ``root/quickdraw/classes.txt`` names them
+    (one a line, in label order): then only those are read, and missing ones are downloaded from
+    Google's bucket when allowed. There is no official test split: a fixed stratified 20% is held out.
+    """
+    folder = root / "quickdraw"
+    listing = folder / "classes.txt"
+    files = _quickdraw_files(folder)
+    if listing.is_file():
+        classes = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    else:
+        classes = sorted(files)
+    if not classes:
+        raise FileNotFoundError(
+            f"Quick, Draw! not found: place <class>.npy files (from {QUICKDRAW_URL.format('<class>')}) or "
+            f"raw <class>.bin files (784 bytes a drawing) in {folder}, or list classes to fetch in {listing}"
+        )
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{listing} names a class twice: {classes}")
+    hint = "or run with download allowed and network"
+    missing = [name for name in classes if name not in files]
+    if missing and download:
+        from torchvision.datasets.utils import download_url
+
+        try:
+            for name in missing:  # Google publishes no checksums for these files
+                download_url(_quickdraw_url(name), str(folder), f"{name}.npy")
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            hint = f"the download failed: {_one_line(err)}"
+        files = _quickdraw_files(folder)
+        missing = [name for name in classes if name not in files]
+    if missing:
+        urls = ", ".join(_quickdraw_url(name) for name in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FileNotFoundError(
+            f"Quick, Draw! classes {missing} not found in {folder}: fetch {urls} into it ({hint})"
+        )
+    arrays = [_read_quickdraw(files[name]) for name in classes]
+    x = torch.from_numpy(np.concatenate(arrays)).unsqueeze(1)  # (N, 1, 28, 28)
+    y = np.repeat(np.arange(len(classes)), [len(array) for array in arrays])
+    source = f"Quick, Draw! bitmaps in {folder}, fixed stratified {FIXED_TEST_FRACTION:.0%} test split"
+    return _fixed_split_bundle(x, y, classes, source)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dlzoo.config import RunConfig
-from dlzoo.data.core import DataBundle
+from dlzoo.data.core import DataBundle, Split
 from dlzoo.data.loader import BatchLoader
 from dlzoo.data.pipeline import Loaders, build_loaders, load_data
 from dlzoo.errors import CheckpointError, StopRun, TrainingError, TrainingInterrupted
@@ -50,6 +50,9 @@ from dlzoo.training.checkpoint import (
 )
 from dlzoo.training.finetune import freeze, load_initial_weights, set_train_mode, unchanged
 from dlzoo.training.resume import RunLock
+
+FIT_TO_DATA_IMAGES = 5000
+"""A model with ``fit_to_data`` is fitted to this many normalised training images (the first ones)."""
 
 
 @dataclass
@@ -201,11 +204,12 @@ def evaluate(
 def predict_classes(
     model: nn.Module, loader: BatchLoader, channels_last: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """(predicted, target) class indices over a whole split."""
+    """(predicted, target) class indices over a whole split; (N, heads) each for a multi-head model."""
     model.eval()
     predicted, target = [], []
     for x, y in loader:
-        predicted.append(predicted_class(model(prepare_batch(x, channels_last)).float()).cpu())
+        outputs = model(prepare_batch(x, channels_last)).float()
+        predicted.append((outputs.argmax(dim=-1) if outputs.dim() == 3 else predicted_class(outputs)).cpu())
         target.append(y.cpu())
     return torch.cat(predicted), torch.cat(target)
 
@@ -268,6 +272,9 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     model = create_model(
         cfg.model.name, len(bundle.classes), in_shape, cfg.model.init, **cfg.model.model_kwargs()
     )
+    if hasattr(model, "fit_to_data") and loaders.train.is_image:  # a data-fitted layer (airbench's whitening)
+        first = Split(loaders.train.x[:FIT_TO_DATA_IMAGES], loaders.train.y[:FIT_TO_DATA_IMAGES])
+        model.fit_to_data(next(iter(BatchLoader(first, len(first), loaders.normalizer, device=device)))[0])
     transfer = {}
     if cfg.model.init_from:
         transfer = load_initial_weights(model, cfg.model.init_from, cfg.log.runs_dir)
@@ -354,13 +361,14 @@ def checkpoint_epoch(exp: Experiment, state: TrainState, row: dict[str, float], 
 def measure_test(
     exp: Experiment, state: TrainState, run_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Load the chosen checkpoint and measure the test split, once; writes confusion.json."""
+    """Load the chosen checkpoint and measure the test split, once; writes confusion.json
+    (for a multi-head task: of every head's predictions pooled)."""
     tag = exp.cfg.train.test_checkpoint
     load_weights(run_dir / "checkpoints", tag, exp.model)
     test = evaluate(exp.task, exp.loaders.test, exp.channels_last, prefix="test")
-    if exp.cfg.task.name == "classify":
+    if exp.cfg.task.name in ("classify", "multitask"):
         predicted, target = predict_classes(exp.model, exp.loaders.test, exp.channels_last)
-        matrix = confusion_matrix(predicted, target, len(exp.bundle.classes)).tolist()
+        matrix = confusion_matrix(predicted.flatten(), target.flatten(), len(exp.bundle.classes)).tolist()
         runinfo.write_json(run_dir / "confusion.json", {"classes": exp.bundle.classes, "matrix": matrix})
     return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
 

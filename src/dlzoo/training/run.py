@@ -6,7 +6,9 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,21 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def new_run_dir(runs_dir: str, recipe: str) -> Path:
-    """A fresh folder named by the current time; never reuses an existing one."""
+def command_line() -> str:
+    """The command that started this process, as it would be typed again: ``dlzoo train ...`` for
+    the command line (also ``python -m dlzoo``), else ``python SCRIPT ...`` (the Python API)."""
+    program, *arguments = sys.argv or [""]
+    path = Path(program)
+    if path.name == "dlzoo" or (path.parent.name == "dlzoo" and path.name in ("__main__.py", "cli.py")):
+        return shlex.join(["dlzoo", *arguments])
+    return shlex.join(["python", program, *arguments]) if program else "python (interactive)"
+
+
+def new_run_dir(runs_dir: str, recipe: str, prefix: str = "") -> Path:
+    """A fresh folder ``<runs_dir>/<recipe>/<prefix><time>``; never reuses an existing one."""
     parent = Path(runs_dir) / recipe
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
         folder = parent / f"{stamp}{suffix}"
         try:

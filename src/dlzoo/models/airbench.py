@@ -1,0 +1,151 @@
+"""A fast CIFAR-10 network in the style of Keller Jordan's airbench94 (2024: 94% on CIFAR-10
+in about 3.5 seconds on an A100), written from its description.
+
+- Patch whitening: a 2x2 conv (padding 0) whose filters whiten 2x2 patches. They come from
+  the data, not from gradient descent: the eigenvectors of the covariance of all 2x2xC
+  patches of a few thousand training images, each scaled by 1/sqrt(eigenvalue + eps), plus
+  their negatives so that the GELU after it keeps both signs (24 filters for RGB). The
+  training loop calls ``fit_to_data`` with the first 5,000 normalised training images; the
+  filters are a buffer (saved with the weights), the bias is learned.
+- Three conv groups of 64, 256, 256 channels (scaled by ``width_mult``), each conv 3x3 ->
+  max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (convs without bias: BN has one).
+- Global max-pool, then a linear head without bias whose logits are multiplied by 1/9.
+- Test-time augmentation: in eval mode the logits are the mean of those of the image and
+  of its mirror image (``model.tta = False`` turns it off). airbench94 also averages
+  1-pixel translations; this version does not.
+
+Differences from airbench94: batch-norm weights are learned (airbench fixes them at 1), the
+whitening bias is learned for the whole run (airbench: the first 3 epochs), and there is no
+per-group learning rate or weight averaging. The training side (label smoothing 0.2,
+alternating flip, 2-pixel reflect-padded crops, Nesterov SGD, a one-cycle schedule) is the
+recipe ``cifar10-airbench``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dlzoo.models.base import Classifier
+from dlzoo.registry import MODELS
+
+WIDTHS = (64, 256, 256)
+"""Channels of the three conv groups."""
+WHITENING_EPS = 5e-4
+"""Added to each eigenvalue before the square root, so near-constant directions are not blown up."""
+BN_MOMENTUM = 0.4
+"""Batch-norm running-statistics momentum (torch's convention; airbench's 0.6 in its own)."""
+HEAD_SCALE = 1 / 9
+"""Fixed factor on the logits (airbench's scaling_factor)."""
+FIT_CHUNK = 256
+"""Images per chunk when accumulating patch statistics (bounds the float64 copy)."""
+
+
+class PatchWhitening(nn.Module):
+    """2x2 conv, padding 0, with fixed filters (a buffer, set by ``fit``) and a learned bias.
+
+    Until fitted the filters pick out each pixel of the patch, and its negative: the
+    whitening of data that is white already.
+    """
+
+    def __init__(self, in_channels: int, eps: float = WHITENING_EPS) -> None:
+        super().__init__()
+        patch = 4 * in_channels
+        basis = torch.eye(patch).view(patch, in_channels, 2, 2)
+        self.register_buffer("weight", torch.cat([basis, -basis]))  # (2 * patch, C, 2, 2)
+        self.bias = nn.Parameter(torch.zeros(2 * patch))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Whitening filters for the 2x2 patches of images ``x`` (N, C, H, W), largest
+        eigenvalue first; the bias starts at minus the filtered mean patch, so the outputs on
+        ``x`` start with zero mean and (for the first half of the filters) identity covariance."""
+        patch = self.weight.shape[0] // 2
+        total = torch.zeros(patch, dtype=torch.float64)
+        outer = torch.zeros(patch, patch, dtype=torch.float64)
+        count = 0
+        for chunk in x.split(FIT_CHUNK):
+            # (B, C*4, L) -> (B*L, C*4): one row per patch, ordered like a conv kernel (C, 2, 2)
+            patches = F.unfold(chunk.to("cpu", torch.float64), 2).transpose(1, 2).reshape(-1, patch)
+            total += patches.sum(0)
+            outer += patches.T @ patches
+            count += len(patches)
+        mean = total / count
+        covariance = outer / count - torch.outer(mean, mean)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending; vectors are columns
+        scaled = eigenvectors / (eigenvalues.clamp_min(0) + self.eps).sqrt()  # column i / sqrt(l_i + eps)
+        filters = scaled.T.flip(0)  # (patch, patch): row i is a filter, largest eigenvalue first
+        weight = torch.cat([filters, -filters])
+        self.weight.copy_(weight.view_as(self.weight))
+        self.bias.copy_(-(weight @ mean))
+
+
+class Scale(nn.Module):
+    """Multiply by a fixed ``factor``."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.4g}"
+
+
+def conv_group(in_channels: int, out_channels: int) -> nn.Sequential:
+    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
+        nn.GELU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
+        nn.GELU(),
+    )
+
+
+class Airbench(Classifier):
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = WIDTHS) -> None:
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"airbench needs images (C, H, W), got input shape {in_shape}")
+        whiten = PatchWhitening(in_shape[0])
+        channels = [whiten.weight.shape[0], *widths]
+        groups = [conv_group(c_in, c_out) for c_in, c_out in zip(channels, widths)]
+        self.features = nn.Sequential(whiten, nn.GELU(), *groups, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(widths[-1], num_classes, bias=False), Scale(HEAD_SCALE))
+        self.tta = True  # in eval mode, average the logits of each image and of its mirror image
+
+    @property
+    def whiten(self) -> PatchWhitening:
+        return self.features[0]
+
+    def fit_to_data(self, x: Tensor) -> None:
+        """Fit the whitening filters to normalised training images ``x`` (N, C, H, W)."""
+        channels = self.whiten.weight.shape[1]
+        if x.dim() != 4 or x.shape[1] != channels or len(x) == 0:
+            raise ValueError(
+                f"airbench's whitening needs normalised training images (N, {channels}, H, W), "
+                f"got a tensor of shape {tuple(x.shape)}"
+            )
+        self.whiten.fit(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or not self.tta:
+            return super().forward(x)
+        logits = super().forward(torch.cat([x, x.flip(3)]))  # (2B, classes): images, then mirrors
+        return logits.view(2, len(x), -1).mean(0)
+
+
+@MODELS.register("airbench", min_size=16)  # 2x2 conv and three pools: 16 -> 15 -> 7 -> 3 -> 1
+def airbench(num_classes: int, in_shape: tuple[int, ...], width_mult: float = 1.0) -> Airbench:
+    widths = tuple(max(1, round(width * width_mult)) for width in WIDTHS)
+    return Airbench(in_shape, num_classes, widths)

@@ -1,0 +1,313 @@
+"""The README's results table, rebuilt from run folders, so every number names the command and the
+runs that produced it (``dlzoo results``).
+
+Which runs count: the finished runs under ``<runs_dir>/<recipe>/`` whose config equals the
+recipe's config apart from the seed, where files live, how verbose the run was and how many
+threads and which memory format it computed with (``train.seed``, ``data.data_dir``,
+``data.download``, ``log.*``, ``train.threads``, ``train.channels_last``; ``[meta]`` is the
+recipe's evidence and may be updated after the runs). Of several such runs with the same seed,
+the newest counts. A run with any other difference (``--epochs 1``, ``--set optim.lr=...``) is
+not the recipe as written: it is left out and named in ``ResultsTable.excluded`` with the keys
+that differ, or, with ``with_overrides``, gets a row of its own per set of differences, labelled
+with them.
+
+Each row: test accuracy (mean, and per seed) from ``run.json``'s test metrics, epochs run, seeds,
+mean training time (``run.json`` ``train_seconds``: training only, not start-up or the test) with
+the torch threads it used, the data source, the command (as ``run.json`` recorded it; rebuilt
+from the config and marked † for runs that did not record one) and the recipe's ``[meta]``
+source and source result. A recipe without runs shows the result its ``[meta]`` table records,
+marked "recorded in recipe", or "not measured".
+
+``--write FILE`` replaces only the text between ``<!-- results:start -->`` and
+``<!-- results:end -->`` in FILE, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlzoo.config import RunConfig
+from dlzoo.recipes import load_recipe, recipe_names
+from dlzoo.training.resume import _flatten
+from dlzoo.training.run import read_json
+
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+SAME_RECIPE_KEYS = (
+    "train.seed",
+    "train.threads",
+    "train.channels_last",
+    "data.data_dir",
+    "data.download",
+    "log.",
+    "meta.",
+)
+"""Config keys (or key prefixes) in which a run may differ from its recipe and still count as it."""
+HEADER = (
+    "recipe",
+    "model",
+    "data",
+    "epochs",
+    "seeds",
+    "test accuracy",
+    "training time",
+    "command",
+    "source",
+    "source reported",
+)
+REBUILT = "†"
+
+
+@dataclass
+class MeasuredRun:
+    """The facts of one finished run that the table shows."""
+
+    folder: Path
+    seed: int
+    test: dict[str, float]
+    epochs: int
+    seconds: float
+    threads: int | None
+    """torch's intra-op threads during training (``run.json`` machine facts)."""
+    data: str
+    command: str
+    recorded: bool
+    """Whether ``command`` is the one the run recorded (else rebuilt from its config)."""
+
+
+@dataclass
+class ResultRow:
+    """One line of the table: a recipe as written, or a recipe with one set of overrides."""
+
+    cfg: RunConfig
+    runs: list[MeasuredRun] = field(default_factory=list)
+    """One run per seed, by seed."""
+    differences: list[str] = field(default_factory=list)
+    """``key=value`` overrides that set these runs apart from the recipe (empty: the recipe as written)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.cfg.recipe} ({', '.join(self.differences)})" if self.differences else self.cfg.recipe
+
+
+@dataclass
+class ResultsTable:
+    rows: list[ResultRow]
+    excluded: list[str]
+    """``folder: why`` for every run folder that was left out."""
+    markdown: str
+
+
+def as_text(value: Any) -> str:
+    """A config value as ``--set`` parses it back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def differences(recipe: RunConfig, run: RunConfig) -> list[str]:
+    """``key=value`` for every setting of ``run`` that differs from ``recipe``, allowed keys aside."""
+    before, after = _flatten(recipe.to_dict()), _flatten(run.to_dict())
+    return [
+        f"{key}={as_text(after.get(key))}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and not key.startswith(SAME_RECIPE_KEYS)
+    ]
+
+
+def rebuilt_command(cfg: RunConfig, overrides: list[str]) -> str:
+    """The ``dlzoo train`` command that trains ``cfg``: the recipe, its data folder, seed and overrides."""
+    words = ["dlzoo", "train", cfg.recipe]
+    if cfg.data.data_dir:
+        words += ["--data-dir", cfg.data.data_dir]
+    words += ["--seed", str(cfg.train.seed)]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join(words)
+
+
+def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> MeasuredRun:
+    info = read_json(folder / "run.json")
+    recorded = str(info.get("command", ""))
+    is_cli = recorded.startswith("dlzoo ")
+    data = info.get("data", {})
+    return MeasuredRun(
+        folder=folder,
+        seed=cfg.train.seed,
+        test=info.get("test", {}),
+        epochs=info.get("epochs_run", cfg.train.epochs),
+        seconds=float(info.get("train_seconds", 0.0)),
+        threads=info.get("machine", {}).get("torch_threads"),
+        data=f"{data.get('source', '?')}, {data.get('test', 0):,} test",
+        command=recorded if is_cli else rebuilt_command(cfg, overrides),
+        recorded=is_cli,
+    )
+
+
+def recipe_rows(runs_dir: Path, recipe: RunConfig, with_overrides: bool) -> tuple[list[ResultRow], list[str]]:
+    """The rows of one recipe (the recipe as written first) and the folders left out, with why."""
+    rows: dict[tuple[str, ...], ResultRow] = {}
+    excluded: list[str] = []
+    parent = runs_dir / recipe.recipe
+    folders = sorted(p for p in parent.iterdir() if (p / "run.json").is_file()) if parent.is_dir() else []
+    for folder in folders:  # oldest first: a newer run of the same seed replaces an older one
+        status = read_json(folder / "run.json").get("status")
+        if status != "finished":
+            excluded.append(f"{folder}: not finished ({status})")
+            continue
+        try:
+            raw = read_json(folder / "config.json")
+            cfg = RunConfig.from_dict(raw, raw.pop("recipe"))
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            excluded.append(f"{folder}: its config.json does not load with this dlzoo ({error})")
+            continue
+        overrides = differences(recipe, cfg)
+        if overrides and not with_overrides:
+            excluded.append(f"{folder}: not the recipe as written ({', '.join(overrides)})")
+            continue
+        row = rows.setdefault(tuple(overrides), ResultRow(cfg, differences=overrides))
+        row.runs = [run for run in row.runs if run.seed != cfg.train.seed]
+        row.runs.append(measured_run(folder, cfg, overrides))
+    for row in rows.values():
+        row.runs.sort(key=lambda run: run.seed)
+    ordered = sorted(rows.values(), key=lambda row: (bool(row.differences), row.label))
+    return ordered or [ResultRow(recipe)], excluded
+
+
+def build_results(
+    runs_dir: Path, recipes: list[str] | None = None, with_overrides: bool = False
+) -> ResultsTable:
+    """The results table of ``recipes`` (default: every shipped recipe) from the runs in ``runs_dir``."""
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"runs folder {runs_dir} not found; give the folder `dlzoo train` wrote to")
+    rows: list[ResultRow] = []
+    excluded: list[str] = []
+    for name in recipes or recipe_names():
+        found, left_out = recipe_rows(runs_dir, load_recipe(name), with_overrides)
+        rows += found
+        excluded += left_out
+    return ResultsTable(rows, excluded, render_markdown(rows))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _training_time(runs: list[MeasuredRun]) -> str:
+    threads = _distinct([str(run.threads) for run in runs if run.threads])
+    mean = _duration(statistics.mean(run.seconds for run in runs))
+    return f"{mean} ({threads} thread{'' if threads == '1' else 's'})" if threads else mean
+
+
+def _accuracy(runs: list[MeasuredRun]) -> str:
+    """``**98.05%** mean (98.05 / 98.33 / 97.77)``; the test loss for tasks without accuracy."""
+    if not all("test_accuracy" in run.test for run in runs):
+        losses = [run.test.get("test_loss", float("nan")) for run in runs]
+        return f"test loss {statistics.mean(losses):.4g}" + (
+            f" mean ({' / '.join(f'{v:.4g}' for v in losses)})" if len(runs) > 1 else ""
+        )
+    values = [run.test["test_accuracy"] for run in runs]
+    if len(values) == 1:
+        return f"**{_percent(values[0])}**"
+    per_seed = " / ".join(f"{v * 100:.2f}" for v in values)
+    return f"**{_percent(statistics.mean(values))}** mean ({per_seed})"
+
+
+def _commands(runs: list[MeasuredRun]) -> str:
+    """One command with ``N`` for the seed when the runs differ only in it, else one per run."""
+
+    def shown(command: str, recorded: bool) -> str:
+        return f"`{command}`" + ("" if recorded else REBUILT)
+
+    recorded = all(run.recorded for run in runs)
+    seed_free = {re.sub(rf"(--seed[ =]|train\.seed=){run.seed}(?!\d)", r"\1N", run.command) for run in runs}
+    if len(runs) > 1 and len(seed_free) == 1:
+        return shown(seed_free.pop(), recorded)
+    return "<br>".join(shown(run.command, run.recorded) for run in runs)
+
+
+def _distinct(values: list[str]) -> str:
+    return " / ".join(dict.fromkeys(values))
+
+
+def render_row(row: ResultRow) -> list[str]:
+    cfg, meta = row.cfg, row.cfg.meta
+    source, reported = meta.source or "-", meta.source_result or "-"
+    if row.runs:
+        runs = row.runs
+        return [
+            row.label,
+            cfg.model.name,
+            _distinct([run.data for run in runs]),
+            _distinct([str(run.epochs) for run in runs]),
+            " / ".join(str(run.seed) for run in runs),
+            _accuracy(runs),
+            _training_time(runs),
+            _commands(runs),
+            source,
+            reported,
+        ]
+    if meta.result:
+        return [
+            row.label,
+            cfg.model.name,
+            meta.result_data or cfg.data.name,
+            str(cfg.train.epochs),
+            " / ".join(map(str, meta.result_seeds)) or "-",
+            f"{_percent(meta.result)} (recorded in recipe)",
+            f"{meta.result_minutes:g} min" if meta.result_minutes else "-",
+            f"`{meta.result_command}`" if meta.result_command else "-",
+            source,
+            reported,
+        ]
+    unmeasured = ["-", "not measured", "-", f"`dlzoo train {cfg.recipe}`"]
+    return [row.label, cfg.model.name, cfg.data.name, str(cfg.train.epochs), *unmeasured, source, reported]
+
+
+def render_markdown(rows: list[ResultRow]) -> str:
+    """The table as GitHub markdown, with a legend line for rebuilt commands."""
+    lines = [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(_cell(text) for text in render_row(row)) + " |" for row in rows),
+    ]
+    if any(not run.recorded for row in rows for run in row.runs):
+        lines += ["", f"{REBUILT} rebuilt from the run's config: the run did not record its command line."]
+    lines += [
+        "",
+        "Generated by `dlzoo results` from the run folders; edit the recipes or rerun, not this table.",
+    ]
+    return "\n".join(lines)
+
+
+def replace_between_markers(path: Path, text: str) -> None:
+    """Put ``text`` between the results markers of ``path``; nothing outside them changes."""
+    start, end = MARKERS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --write needs a markdown file with {start} and {end}")
+    content = path.read_text()
+    if content.count(start) != 1 or content.count(end) != 1 or content.index(start) > content.index(end):
+        raise ValueError(
+            f"{path} needs the markers {start} and {end}, once each and in that order, around the "
+            "table to replace; add them and run again"
+        )
+    head, rest = content.split(start)
+    _, tail = rest.split(end)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+    os.replace(tmp, path)

@@ -1,0 +1,130 @@
+"""The airbench-style network: patch whitening fitted to data, mirror TTA, and the loop's data hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import dlzoo
+from dlzoo.config import RunConfig
+from dlzoo.data.core import DataBundle, Split
+from dlzoo.models import create_model
+from dlzoo.models.airbench import PatchWhitening
+from dlzoo.registry import DATASETS
+from dlzoo.training.loop import build_experiment
+
+
+def correlated_images(batch: int = 200, side: int = 12, seed: int = 0) -> torch.Tensor:
+    """Images whose neighbouring pixels and channels are strongly correlated (like photos)."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.randn(batch, 1, side // 3, side // 3, generator=generator), size=side)
+    mix = torch.tensor([[1.0], [0.8], [0.5]])[None, :, :, None]  # one brightness, three channels
+    return 2.0 + smooth * mix + 0.2 * torch.randn(batch, 3, side, side, generator=generator)
+
+
+def patch_covariance(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance over every position of (N, K, h, w) outputs, in float64."""
+    rows = outputs.double().permute(0, 2, 3, 1).reshape(-1, outputs.shape[1])
+    return rows.mean(0), torch.cov(rows.T, correction=0)
+
+
+def test_whitening_gives_identity_covariance_on_the_patches_it_was_fitted_to() -> None:
+    x = correlated_images()
+    layer = PatchWhitening(3)
+    _, before = patch_covariance(layer(x)[:, :12])
+    assert (before - torch.eye(12, dtype=torch.float64)).abs().max() > 0.5  # the raw patches are not white
+    layer.fit(x)
+    outputs = layer(x)  # (N, 24, 11, 11)
+    mean, covariance = patch_covariance(outputs[:, :12])
+    torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=0.02, rtol=0)
+    assert mean.abs().max() < 1e-4  # the bias starts at minus the filtered mean
+    torch.testing.assert_close(layer.weight[12:], -layer.weight[:12])  # the other half: negatives
+    eigen_scales = layer.weight[:12].flatten(1).norm(dim=1)  # 1 / sqrt(eigenvalue + eps)
+    assert (eigen_scales[1:] >= eigen_scales[:-1]).all()  # largest eigenvalue first
+
+
+def test_fit_to_data_sets_the_whitening_and_rejects_wrong_images() -> None:
+    model = create_model("airbench", 10, (3, 16, 16), width_mult=0.125)
+    before = model.whiten.weight.clone()
+    model.fit_to_data(correlated_images(side=16))
+    assert not torch.equal(before, model.whiten.weight)
+    assert "features.0.weight" in model.state_dict()  # saved with the weights, so runs resume exactly
+    assert not any(p is model.whiten.weight for p in model.parameters())  # fitted, never trained
+    with pytest.raises(ValueError, match=r"needs normalised training images \(N, 3, H, W\)"):
+        model.fit_to_data(torch.randn(4, 1, 16, 16))
+
+
+def test_tta_averages_the_image_and_its_mirror_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    model = create_model("airbench", 10, (3, 16, 16), width_mult=0.125)
+    x = torch.randn(3, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        with_tta = model(x)
+        model.tta = False
+        plain, mirrored = model(x), model(x.flip(3))
+    torch.testing.assert_close(with_tta, (plain + mirrored) / 2, atol=1e-6, rtol=1e-5)
+    assert (with_tta - plain).abs().max() > 1e-3 * plain.abs().max()  # the mirror does change the logits
+    model.train()
+    model.tta = True
+    torch.manual_seed(1)
+    training = model(x)
+    model.tta = False
+    torch.manual_seed(1)
+    torch.testing.assert_close(training, model(x), atol=0, rtol=0)  # train mode: no TTA
+
+
+def test_width_mult_scales_the_conv_groups() -> None:
+    model = create_model("airbench", 10, (3, 32, 32), width_mult=0.5)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [32, 32, 128, 128, 128, 128]
+    assert model.head.in_features == 128 and model.head.bias is None
+
+
+@pytest.fixture
+def tiny_images(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registered in-memory data set of 16x16 RGB images (two classes)."""
+
+    def tiny(root: object, download: bool) -> DataBundle:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=generator)
+        y = torch.arange(96) % 2
+        return DataBundle(Split(x[:64], y[:64]), Split(x[64:], y[64:]), ["even", "odd"], "random pixels")
+
+    monkeypatch.setitem(DATASETS._entries, "tiny_images", tiny)
+    return "tiny_images"
+
+
+def tiny_airbench(dataset: str, runs_dir: str) -> RunConfig:
+    return RunConfig.from_dict(
+        {
+            "data": {
+                "name": dataset,
+                "batch_size": 16,
+                "val_fraction": 0.25,
+                "augment": {"alternate_flip": True},
+            },
+            "model": {"name": "airbench", "width_mult": 0.125},
+            "optim": {"name": "nesterov", "lr": 0.05},
+            "train": {"epochs": 1, "threads": 1},
+            "log": {"runs_dir": runs_dir, "tensorboard": False, "plots": False, "progress": False},
+        },
+        "tiny-airbench",
+    )
+
+
+def test_the_loop_fits_the_whitening_to_the_first_normalised_training_images(tiny_images, tmp_path) -> None:
+    cfg = tiny_airbench(tiny_images, str(tmp_path))
+    exp = build_experiment(cfg)
+    train = exp.loaders.train
+    expected = PatchWhitening(3)
+    expected.fit(exp.loaders.normalizer(train.x.float() / 255))  # fewer than 5,000: all of them
+    torch.testing.assert_close(exp.model.whiten.weight, expected.weight)
+    again = build_experiment(cfg)  # the same seed gives the same whitening (exact resume)
+    assert torch.equal(exp.model.whiten.weight, again.model.whiten.weight)
+
+    result = dlzoo.train(cfg, quiet=True)
+    saved = load_file(str(result.run_dir / "checkpoints" / "epoch-0001" / "model.safetensors"))
+    torch.testing.assert_close(saved["features.0.weight"], expected.weight)

@@ -1,0 +1,188 @@
+"""``dlzoo results``: the table rebuilt from real run folders (a tiny softmax recipe on the bundled
+digits, one epoch, two seeds), which runs count, the command column, and --write."""
+
+import json
+import shutil
+import statistics
+import sys
+
+import pytest
+
+from dlzoo.api import results, train
+from dlzoo.cli import main
+from dlzoo.report.results import MARKERS, build_results, replace_between_markers
+from dlzoo.training.run import command_line
+
+TINY = """
+[meta]
+source = "a tiny test recipe"
+source_result = "about 90%"
+
+[data]
+name = "digits"
+batch_size = 64
+
+[model]
+name = "softmax"
+
+[train]
+epochs = 1
+threads = 1
+
+[log]
+tensorboard = false
+plots = false
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Seeds 0 and 1 of the recipe as written, and one run with another learning rate."""
+    root = tmp_path_factory.mktemp("results")
+    recipe = root / "tiny-digits.toml"
+    recipe.write_text(TINY)
+    runs_dir = root / "runs"
+    measured = {}
+    for seed in (0, 1):
+        result = train(str(recipe), [f"train.seed={seed}"], runs_dir=str(runs_dir), quiet=True)
+        measured[seed] = result
+    other = train(str(recipe), ["optim.lr=0.5"], runs_dir=str(runs_dir), quiet=True)
+    return {"recipe": str(recipe), "runs_dir": runs_dir, "measured": measured, "other": other}
+
+
+def copy_run(run_dir, name, **changes):
+    """A copy of a run folder under another (later) name, with ``run.json`` changed."""
+    copy = run_dir.parent / name
+    shutil.copytree(run_dir, copy)
+    info = json.loads((copy / "run.json").read_text())
+    info.update(changes)
+    (copy / "run.json").write_text(json.dumps(info))
+    return copy
+
+
+def test_the_table_has_the_mean_the_seeds_and_the_source(runs):
+    table = build_results(runs["runs_dir"], [runs["recipe"]])
+    (row,) = table.rows
+    assert [run.seed for run in row.runs] == [0, 1]
+    accuracies = [runs["measured"][seed].test["test_accuracy"] for seed in (0, 1)]
+    line = table.markdown.splitlines()[2]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[0] == "tiny-digits" and cells[1] == "softmax" and cells[3] == "1" and cells[4] == "0 / 1"
+    per_seed = " / ".join(f"{a * 100:.2f}" for a in accuracies)
+    assert cells[5] == f"**{statistics.mean(accuracies):.2%}** mean ({per_seed})"
+    assert "digits" in cells[2] and "359 test" in cells[2]
+    assert cells[8] == "a tiny test recipe" and cells[9] == "about 90%"
+
+
+def test_runs_with_other_settings_are_left_out_or_listed_apart(runs):
+    table = build_results(runs["runs_dir"], [runs["recipe"]])
+    assert len(table.rows) == 1 and len(table.rows[0].runs) == 2
+    (note,) = table.excluded
+    assert str(runs["other"].run_dir) in note and "optim.lr=0.5" in note
+    apart = build_results(runs["runs_dir"], [runs["recipe"]], with_overrides=True)
+    assert [row.label for row in apart.rows] == ["tiny-digits", "tiny-digits (optim.lr=0.5)"]
+    assert "`dlzoo train tiny-digits --seed 0 --set optim.lr=0.5`" in apart.markdown
+
+
+def test_commands_are_rebuilt_and_marked_when_not_recorded(runs):
+    markdown = build_results(runs["runs_dir"], [runs["recipe"]]).markdown
+    assert "`dlzoo train tiny-digits --seed N`†" in markdown
+    assert "† rebuilt from the run's config" in markdown
+
+
+def test_recorded_commands_win_and_the_newest_run_of_a_seed_counts(runs, tmp_path):
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(runs["runs_dir"], runs_dir)
+    folders = {
+        seed: runs_dir / "tiny-digits" / result.run_dir.name for seed, result in runs["measured"].items()
+    }
+    first, second = "dlzoo train tiny-digits.toml", "dlzoo train tiny-digits.toml --seed 1"
+    copy_run(folders[0], "29990101-000000", command=first, test={"test_accuracy": 0.5})
+    copy_run(folders[1], "29990101-000001", command=second, test={"test_accuracy": 0.7})
+    copy_run(folders[1], "29990101-000002", status="running")
+    table = build_results(runs_dir, [runs["recipe"]])
+    (row,) = table.rows
+    assert [run.test["test_accuracy"] for run in row.runs] == [0.5, 0.7]
+    assert "**60.00%** mean (50.00 / 70.00)" in table.markdown
+    assert f"`{first}`<br>`{second}`" in table.markdown
+    assert "†" not in table.markdown
+    assert any("not finished (running)" in note for note in table.excluded)
+
+
+def test_threads_and_memory_format_do_not_make_another_recipe_but_epochs_do(runs, tmp_path):
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(runs["runs_dir"], runs_dir)
+    seed_1 = runs_dir / "tiny-digits" / runs["measured"][1].run_dir.name
+    for name, key, value in (("29990101-000000", "threads", 2), ("29990101-000001", "epochs", 3)):
+        copy = copy_run(seed_1, name, test={"test_accuracy": 0.8})
+        config = json.loads((copy / "config.json").read_text())
+        config["train"].update({key: value, "channels_last": "on"})
+        (copy / "config.json").write_text(json.dumps(config))
+    table = build_results(runs_dir, [runs["recipe"]])
+    (row,) = table.rows
+    assert row.runs[1].test["test_accuracy"] == 0.8 and row.runs[1].folder.name == "29990101-000000"
+    assert any("29990101-000001" in note and "train.epochs=3" in note for note in table.excluded)
+
+
+def test_recipes_without_runs_show_the_recorded_result_or_not_measured(tmp_path):
+    recorded = tmp_path / "recorded.toml"
+    recorded.write_text(
+        TINY.replace("[meta]", '[meta]\nresult = 0.9123\nresult_command = "dlzoo train recorded"')
+    )
+    unmeasured = tmp_path / "unmeasured.toml"
+    unmeasured.write_text(TINY)
+    (tmp_path / "runs").mkdir()
+    markdown = build_results(tmp_path / "runs", [str(recorded), str(unmeasured)]).markdown
+    assert "91.23% (recorded in recipe)" in markdown and "`dlzoo train recorded`" in markdown
+    assert "| unmeasured | softmax | digits | 1 | - | not measured |" in markdown
+
+
+README = "# Title\n\nintro | with a pipe\n\n{start}\n| stale | table |\n|---|---|\n{end}\n\nafter the table\n"
+
+
+def test_write_replaces_only_the_text_between_the_markers(runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
+    table = results(runs["runs_dir"], [runs["recipe"]], write=readme)
+    text = readme.read_text()
+    head, rest = text.split(MARKERS[0])
+    inside, tail = rest.split(MARKERS[1])
+    assert head == "# Title\n\nintro | with a pipe\n\n" and tail == "\n\nafter the table\n"
+    assert inside.strip() == table.markdown and "stale" not in inside
+    results(runs["runs_dir"], [runs["recipe"]], write=readme)
+    assert readme.read_text() == text, "writing twice changes nothing"
+
+
+@pytest.mark.parametrize("content", ["# no markers\n", f"{MARKERS[1]}\n{MARKERS[0]}\n", f"{MARKERS[0]}\n"])
+def test_missing_markers_are_an_error_that_names_them(content, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    with pytest.raises(ValueError, match="results:start -->.*results:end"):
+        replace_between_markers(readme, "| table |")
+    assert readme.read_text() == content
+
+
+def test_cli_prints_the_table_and_writes_it(runs, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
+    argv = ["results", "--runs-dir", str(runs["runs_dir"]), "--recipes", runs["recipe"]]
+    assert main([*argv, "--write", str(readme)]) == 0
+    captured = capsys.readouterr()
+    assert "| tiny-digits | softmax |" in captured.out and "| tiny-digits | softmax |" in readme.read_text()
+    assert "left out 1 run folders" in captured.err and "optim.lr=0.5" in captured.err
+    readme.write_text("# no markers\n")
+    assert main([*argv, "--write", str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and MARKERS[0] in err
+    assert main(["results", "--runs-dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_command_line_is_what_the_user_typed(monkeypatch):
+    monkeypatch.setattr(
+        sys, "argv", ["/x/.venv/bin/dlzoo", "train", "digits-lenet5", "--set", "model.name=a b"]
+    )
+    assert command_line() == "dlzoo train digits-lenet5 --set 'model.name=a b'"
+    monkeypatch.setattr(sys, "argv", ["/x/src/dlzoo/__main__.py", "train", "r"])
+    assert command_line() == "dlzoo train r"
+    monkeypatch.setattr(sys, "argv", ["examples/train.py", "--fast"])
+    assert command_line() == "python examples/train.py --fast"
