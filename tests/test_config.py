@@ -21,6 +21,33 @@ def test_every_recipe_parses_and_validates(name):
     assert cfg.meta.description and cfg.meta.source and cfg.meta.target > 0
 
 
+# (image shape or feature count, classes) of each data set the recipes use, as the loaders give them
+DATA_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "iris": ((4,), 3),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "captcha": ((1, 32, 96), 36),
+}
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_recipe_builds_its_model_for_its_data(name):
+    """The model settings of a recipe fit its model and its data's shape (no data is loaded)."""
+    from dlzoo.models import create_model
+
+    cfg = load_recipe(name)
+    shape, classes = DATA_SHAPES[cfg.data.name]
+    if cfg.data.resize:
+        shape = (shape[0], cfg.data.resize, cfg.data.resize)
+    if cfg.data.classes:
+        classes = len(cfg.data.classes)
+    settings = {k: v for k, v in cfg.model.model_kwargs().items() if k != "pretrained"}
+    model = create_model(cfg.model.name, classes, shape, cfg.model.init, **settings)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
 def test_overrides_are_typed():
     cfg = load_recipe(
         "digits-lenet5",

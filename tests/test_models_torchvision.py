@@ -191,6 +191,17 @@ def test_cifar_vgg_has_the_conv_stack_dropout_and_512_wide_head():
     assert plain.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 512)  # pools round up: 28 -> 1
 
 
+def test_the_notes_small_vggs_follow_their_layouts():
+    small = create_model("vgg_small", 10, (3, 32, 32))
+    assert [m.out_channels for m in small.features if isinstance(m, nn.Conv2d)] == [32, 32, 64, 64, 128, 128]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())  # the notes' plain vgg
+    assert small.classifier[0].in_features == 128  # the head reads the last stage's width
+    deep = create_model("vgg_small_deep", 10, (3, 32, 32))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in deep.modules()) == 10
+    assert deep.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+    assert create_model("vgg_small", 10, (3, 32, 32), batch_norm=True).features[1].__class__ is nn.BatchNorm2d
+
+
 def test_torchvision_vgg_needs_32_pixels():
     with pytest.raises(ValueError, match="needs images of at least 32x32 pixels, got 28x28"):
         create_model("vgg11", 10, (1, 28, 28))

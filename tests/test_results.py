@@ -10,7 +10,8 @@ import pytest
 
 from dlzoo.api import results, train
 from dlzoo.cli import main
-from dlzoo.report.results import MARKERS, build_results, replace_between_markers
+from dlzoo.recipes import load_recipe
+from dlzoo.report.results import MARKERS, build_results, replace_between_markers, write_meta
 from dlzoo.training.run import command_line
 
 TINY = """
@@ -135,6 +136,49 @@ def test_recipes_without_runs_show_the_recorded_result_or_not_measured(tmp_path)
     markdown = build_results(tmp_path / "runs", [str(recorded), str(unmeasured)]).markdown
     assert "91.23% (recorded in recipe)" in markdown and "`dlzoo train recorded`" in markdown
     assert "| unmeasured | softmax | digits | 1 | - | not measured |" in markdown
+
+
+def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):
+    (tmp_path / "runs").mkdir()
+    files = {}
+    for name, meta in (
+        ("above", 'result = 0.9123\nsource_result = "88.5% (paper)"'),
+        ("below", 'result = 0.9123\nsource_result = "93.03%, 164 epochs"\nshortfall = "3 epochs, not 164"'),
+        ("silent", 'result = 0.9123\nsource_result = "93%"'),
+        ("no-number", 'result = 0.9123\nsource_result = "not stated"'),
+    ):
+        files[name] = tmp_path / f"{name}.toml"
+        files[name].write_text(TINY.replace('source_result = "about 90%"', "").replace("[meta]", f"[meta]\n{meta}"))
+    table = build_results(tmp_path / "runs", [str(path) for path in files.values()])
+    last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:6]]
+    assert last == [
+        "beats (+2.73)",
+        "below (-1.80): 3 epochs, not 164",
+        "below (-1.77): no reason recorded in the recipe",
+        "-",
+    ]
+
+
+def test_record_writes_the_measured_numbers_into_the_recipe_and_keeps_the_rest(runs, tmp_path):
+    recipe = tmp_path / "tiny-digits.toml"
+    recipe.write_text("# a comment that stays\n" + TINY.replace("[meta]", "[meta]\nresult = 0.1  # stale"))
+    table = results(runs["runs_dir"], [str(recipe)], record=True)
+    assert table.recorded == [recipe]
+    meta = load_recipe(str(recipe)).meta
+    accuracies = [runs["measured"][seed].test["test_accuracy"] for seed in (0, 1)]
+    assert meta.result == round(statistics.mean(accuracies), 4) and meta.result_seeds == [0, 1]
+    assert meta.result_command == "dlzoo train tiny-digits --seed N" and "359 test" in meta.result_data
+    assert meta.result_minutes >= 0 and meta.source == "a tiny test recipe"
+    text = recipe.read_text()
+    assert text.startswith("# a comment that stays\n") and "stale" not in text and "[data]" in text
+    assert load_recipe(str(recipe)).data.name == "digits"
+    results(runs["runs_dir"], [str(recipe)], record=True)
+    assert recipe.read_text() == text, "recording twice changes nothing"
+    no_meta = tmp_path / "no-meta.toml"
+    no_meta.write_text("[data]\nname = 'digits'\n")
+    with pytest.raises(ValueError, match="no \\[meta\\] table"):
+        write_meta(no_meta, {"result": 0.5})
+    assert no_meta.read_text() == "[data]\nname = 'digits'\n"
 
 
 README = "# Title\n\nintro | with a pipe\n\n{start}\n| stale | table |\n|---|---|\n{end}\n\nafter the table\n"

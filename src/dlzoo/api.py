@@ -23,7 +23,7 @@ from dlzoo.data.sources import BAD_IMAGE_ERRORS, decode_image
 from dlzoo.models import create_model
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.registry import TASKS
-from dlzoo.report.results import ResultsTable, build_results, replace_between_markers
+from dlzoo.report.results import ResultsTable, build_results, record_results, replace_between_markers
 from dlzoo.tasks.classify import class_probabilities, confusion_matrix
 from dlzoo.tasks.multitask import top_sequences
 from dlzoo.training.checkpoint import load_weights
@@ -103,11 +103,15 @@ def results(
     recipes: list[str] | None = None,
     write: str | Path | None = None,
     with_overrides: bool = False,
+    record: bool = False,
 ) -> ResultsTable:
     """The results table of every recipe (or of ``recipes``) from the finished runs under ``runs_dir``;
+    ``record`` first writes each measured recipe's numbers into its recipe file's ``[meta]``;
     ``write`` replaces the table between the results markers of that markdown file (see
     ``dlzoo.report.results``)."""
     table = build_results(Path(runs_dir), recipes, with_overrides)
+    if record:
+        table.recorded = record_results(table)
     if write is not None:
         replace_between_markers(Path(write), table.markdown)
     return table

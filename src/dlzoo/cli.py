@@ -215,12 +215,16 @@ def cmd_results(args: argparse.Namespace) -> None:
     from dlzoo.api import results
 
     recipes = [name.strip() for name in args.recipes.split(",") if name.strip()] if args.recipes else None
-    table = results(args.runs_dir, recipes, write=args.write, with_overrides=args.with_overrides)
+    table = results(
+        args.runs_dir, recipes, write=args.write, with_overrides=args.with_overrides, record=args.record
+    )
     print(table.markdown)
     if table.excluded:
         print(f"left out {len(table.excluded)} run folders:", file=sys.stderr)
         for line in table.excluded:
             print(f"  {line}", file=sys.stderr)
+    for path in table.recorded:
+        print(f"recorded the measured result in {path}", file=sys.stderr)
     if args.write:
         print(f"wrote the table into {args.write}", file=sys.stderr)
 
@@ -406,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-overrides",
         action="store_true",
         help="also show runs with other settings than the recipe, one row per set of overrides",
+    )
+    sub.add_argument(
+        "--record",
+        action="store_true",
+        help="write each measured recipe's result, command, data, seeds and time into its recipe's [meta]",
     )
 
     data = add("data", lambda a: parser.parse_args(["data", "--help"]), "list data sets, import your own")

@@ -130,7 +130,7 @@ class ModelConfig:
     a field set for a model that does not take it is an error."""
 
     name: str = "lenet5"
-    """Registered model name (``dlzoo list --models``)."""
+    """Registered model name (``dlzoo list --what models``)."""
     init: str = "default"
     """Weight initialiser: default (PyTorch's), he, xavier, normal or truncated_normal (std 0.05)."""
     activation: str | None = None
@@ -355,9 +355,12 @@ class MetaConfig:
     result_seeds: list[int] = field(default_factory=list)
     """Seeds of the measured runs."""
     result_minutes: float = 0.0
-    """Measured wall time of one run on a 2-core CPU, in minutes."""
+    """Measured time of one run on a 2-core CPU, in minutes (``dlzoo results --record`` writes the
+    training time, start-up and the test left out)."""
     result_note: str = ""
     """How the measurement was taken when it differs from the default (threads, overrides...)."""
+    shortfall: str = ""
+    """Why ``result`` is below the source's number, when it is (the results table shows it)."""
 
 
 SECTIONS: dict[str, type] = {

@@ -15,6 +15,12 @@ depths are the paper's configurations A (``vgg11``), B (``vgg13``), D (``vgg16``
   the final map (1x1 for 32x32 images) and a head of dense 512, 512 with dropout: 15M
   parameters for ``vgg16_cifar``. The pools round up (Keras's "same" pooling), so any image
   size works (28x28 ends as 1x1 too).
+- ``vgg_small`` and ``vgg_small_deep``: the first notebook set's own CIFAR-10 VGGs, in the
+  same CIFAR layout at a quarter of the width: ``vgg_small`` is three stages of two 3x3 convs
+  (32, 64, 128 filters; the notes' "vgg", without batch norm by default), ``vgg_small_deep``
+  four stages of 32, 64, 128 (x3) and 256 (x3) filters with batch norm (the notes' "deeper
+  VGG + batch norm"). The head is dense 512, 512 as above. The notes give the idea (stacked
+  3x3 convs, pooling, a deeper stack with batch norm), not a layer table: the widths are ours.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ VGG_LAYOUTS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", *[256] * 4, "M", *[512] * 4, "M", *[512] * 4, "M"],
 }
+SMALL_LAYOUTS: dict[str, tuple[list[int | str], bool]] = {
+    "vgg_small": ([32, 32, "M", 64, 64, "M", 128, 128, "M"], False),
+    "vgg_small_deep": ([32, 32, "M", 64, 64, "M", 128, 128, 128, "M", 256, 256, 256, "M"], True),
+}
+"""The notes' own CIFAR VGGs: (layout, batch norm by default)."""
 
 
 def conv_stack(
@@ -127,7 +138,8 @@ class CifarVGG(Classifier):
         self.features = nn.Sequential(
             *conv_stack(layout, in_shape[0], batch_norm, pool), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
-        self.classifier = dense_head(512, 512, num_classes, dropout_rate)
+        widths = [item for item in layout if item != "M"]
+        self.classifier = dense_head(int(widths[-1]), 512, num_classes, dropout_rate)
         init_like_torchvision(self)
 
 
@@ -152,5 +164,20 @@ def _register(name: str, layout: list[int | str]) -> None:
     MODELS.register(f"{name}_cifar")(cifar_factory)
 
 
+def _register_small(name: str, layout: list[int | str], default_batch_norm: bool) -> None:
+    def factory(
+        num_classes: int,
+        in_shape: tuple[int, ...],
+        dropout_rate: float = 0.2,
+        batch_norm: bool = default_batch_norm,
+    ) -> CifarVGG:
+        return CifarVGG(in_shape, num_classes, layout, batch_norm, dropout_rate)
+
+    factory.__name__ = name
+    MODELS.register(name)(factory)
+
+
 for _name, _layout in VGG_LAYOUTS.items():
     _register(_name, _layout)
+for _name, (_layout, _batch_norm) in SMALL_LAYOUTS.items():
+    _register_small(_name, _layout, _batch_norm)

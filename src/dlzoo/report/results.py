@@ -18,22 +18,31 @@ from the config and marked † for runs that did not record one) and the recipe'
 source and source result. A recipe without runs shows the result its ``[meta]`` table records,
 marked "recorded in recipe", or "not measured".
 
+The "vs source" column compares the result with the first percentage in ``source_result``:
+``beats (+4.21)`` in percentage points, or ``below (-3.10): <why>`` with the recipe's
+``[meta] shortfall`` (a result below its source must say why).
+
 ``--write FILE`` replaces only the text between ``<!-- results:start -->`` and
-``<!-- results:end -->`` in FILE, atomically.
+``<!-- results:end -->`` in FILE, atomically. ``--record`` writes each measured recipe's
+numbers (``result``, ``result_command``, ``result_data``, ``result_seeds``,
+``result_minutes``) into the ``[meta]`` table of its recipe file, so the table can be rebuilt
+where the run folders are not (a fresh clone): no number is copied by hand.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import statistics
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dlzoo.config import RunConfig
-from dlzoo.recipes import load_recipe, recipe_names
+from dlzoo.recipes import load_recipe, recipe_names, recipe_path
 from dlzoo.training.resume import _flatten
 from dlzoo.training.run import read_json
 
@@ -59,8 +68,11 @@ HEADER = (
     "command",
     "source",
     "source reported",
+    "vs source",
 )
 REBUILT = "†"
+RECORDED_KEYS = ("result", "result_command", "result_data", "result_seeds", "result_minutes")
+"""The ``[meta]`` keys that ``--record`` writes (and replaces)."""
 
 
 @dataclass
@@ -85,6 +97,8 @@ class ResultRow:
     """One line of the table: a recipe as written, or a recipe with one set of overrides."""
 
     cfg: RunConfig
+    recipe_file: Path
+    """The recipe's TOML file (where ``--record`` writes)."""
     runs: list[MeasuredRun] = field(default_factory=list)
     """One run per seed, by seed."""
     differences: list[str] = field(default_factory=list)
@@ -101,6 +115,8 @@ class ResultsTable:
     excluded: list[str]
     """``folder: why`` for every run folder that was left out."""
     markdown: str
+    recorded: list[Path] = field(default_factory=list)
+    """The recipe files whose ``[meta]`` got these numbers (``--record``)."""
 
 
 def as_text(value: Any) -> str:
@@ -151,7 +167,9 @@ def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> Measured
     )
 
 
-def recipe_rows(runs_dir: Path, recipe: RunConfig, with_overrides: bool) -> tuple[list[ResultRow], list[str]]:
+def recipe_rows(
+    runs_dir: Path, recipe: RunConfig, recipe_file: Path, with_overrides: bool
+) -> tuple[list[ResultRow], list[str]]:
     """The rows of one recipe (the recipe as written first) and the folders left out, with why."""
     rows: dict[tuple[str, ...], ResultRow] = {}
     excluded: list[str] = []
@@ -172,13 +190,13 @@ def recipe_rows(runs_dir: Path, recipe: RunConfig, with_overrides: bool) -> tupl
         if overrides and not with_overrides:
             excluded.append(f"{folder}: not the recipe as written ({', '.join(overrides)})")
             continue
-        row = rows.setdefault(tuple(overrides), ResultRow(cfg, differences=overrides))
+        row = rows.setdefault(tuple(overrides), ResultRow(cfg, recipe_file, differences=overrides))
         row.runs = [run for run in row.runs if run.seed != cfg.train.seed]
         row.runs.append(measured_run(folder, cfg, overrides))
     for row in rows.values():
         row.runs.sort(key=lambda run: run.seed)
     ordered = sorted(rows.values(), key=lambda row: (bool(row.differences), row.label))
-    return ordered or [ResultRow(recipe)], excluded
+    return ordered or [ResultRow(recipe, recipe_file)], excluded
 
 
 def build_results(
@@ -190,7 +208,8 @@ def build_results(
     rows: list[ResultRow] = []
     excluded: list[str] = []
     for name in recipes or recipe_names():
-        found, left_out = recipe_rows(runs_dir, load_recipe(name), with_overrides)
+        recipe_file = Path(name) if name.endswith(".toml") else recipe_path(name)
+        found, left_out = recipe_rows(runs_dir, load_recipe(name), recipe_file, with_overrides)
         rows += found
         excluded += left_out
     return ResultsTable(rows, excluded, render_markdown(rows))
@@ -245,6 +264,29 @@ def _distinct(values: list[str]) -> str:
     return " / ".join(dict.fromkeys(values))
 
 
+def source_percent(source_result: str) -> float | None:
+    """The first percentage in the source's reported result, as a fraction (None if it has none)."""
+    found = re.search(r"(\d+(?:\.\d+)?)\s*%", source_result)
+    return float(found.group(1)) / 100 if found else None
+
+
+def versus_source(accuracy: float | None, cfg: RunConfig) -> str:
+    """``beats (+4.21)`` / ``below (-3.10): why`` in percentage points, ``-`` when either is missing."""
+    source = source_percent(cfg.meta.source_result)
+    if accuracy is None or source is None:
+        return "-"
+    points = f"{(accuracy - source) * 100:+.2f}"
+    if accuracy >= source:
+        return f"beats ({points})"
+    return f"below ({points}): {cfg.meta.shortfall or 'no reason recorded in the recipe'}"
+
+
+def mean_accuracy(runs: list[MeasuredRun]) -> float | None:
+    if not runs or not all("test_accuracy" in run.test for run in runs):
+        return None
+    return statistics.mean(run.test["test_accuracy"] for run in runs)
+
+
 def render_row(row: ResultRow) -> list[str]:
     cfg, meta = row.cfg, row.cfg.meta
     source, reported = meta.source or "-", meta.source_result or "-"
@@ -261,6 +303,7 @@ def render_row(row: ResultRow) -> list[str]:
             _commands(runs),
             source,
             reported,
+            versus_source(mean_accuracy(runs), cfg),
         ]
     if meta.result:
         return [
@@ -274,9 +317,10 @@ def render_row(row: ResultRow) -> list[str]:
             f"`{meta.result_command}`" if meta.result_command else "-",
             source,
             reported,
+            versus_source(meta.result, cfg),
         ]
     unmeasured = ["-", "not measured", "-", f"`dlzoo train {cfg.recipe}`"]
-    return [row.label, cfg.model.name, cfg.data.name, str(cfg.train.epochs), *unmeasured, source, reported]
+    return [row.label, cfg.model.name, cfg.data.name, str(cfg.train.epochs), *unmeasured, source, reported, "-"]
 
 
 def render_markdown(rows: list[ResultRow]) -> str:
@@ -311,3 +355,64 @@ def replace_between_markers(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
     os.replace(tmp, path)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal (strings as basic strings, whose escapes JSON's are)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+def write_meta(path: Path, values: dict[str, Any]) -> None:
+    """Set ``values`` in the ``[meta]`` table of recipe file ``path``, one ``key = value`` line each,
+    replacing those keys' old lines; every other line (comments included) stays as it was. The
+    file is replaced atomically, and only if the result parses back to the same values."""
+    lines = path.read_text().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "[meta]")
+    except StopIteration:
+        raise ValueError(f"recipe {path} has no [meta] table to record its result in; add one") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    body = [line for line in lines[start + 1 : end] if line.split("=")[0].strip() not in values]
+    while body and not body[-1].strip():
+        body.pop()
+    new_lines = [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    gap = [""] if end < len(lines) else []
+    text = "\n".join([*lines[: start + 1], *body, *new_lines, *gap, *lines[end:]]) + "\n"
+    meta = tomllib.loads(text).get("meta", {})
+    if any(meta.get(key) != value for key, value in values.items()):
+        raise ValueError(f"recipe {path}: could not write {sorted(values)} into its [meta] table")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def recorded_values(row: ResultRow) -> dict[str, Any] | None:
+    """The ``[meta]`` values that ``--record`` writes for a row measured as written, else None."""
+    accuracy = mean_accuracy(row.runs)
+    if row.differences or accuracy is None:
+        return None
+    commands = _commands(row.runs).replace(REBUILT, "").split("<br>")
+    return {
+        "result": round(accuracy, 4),
+        "result_command": commands[0].strip("`"),
+        "result_data": _distinct([run.data for run in row.runs]),
+        "result_seeds": [run.seed for run in row.runs],
+        "result_minutes": round(statistics.mean(run.seconds for run in row.runs) / 60, 1),
+    }
+
+
+def record_results(table: ResultsTable) -> list[Path]:
+    """Write every measured row's numbers into its recipe's ``[meta]``; the files written."""
+    written = []
+    for row in table.rows:
+        values = recorded_values(row)
+        if values is not None:
+            write_meta(row.recipe_file, values)
+            written.append(row.recipe_file)
+    return written
