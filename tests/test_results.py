@@ -148,7 +148,9 @@ def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):
         ("no-number", 'result = 0.9123\nsource_result = "not stated"'),
     ):
         files[name] = tmp_path / f"{name}.toml"
-        files[name].write_text(TINY.replace('source_result = "about 90%"', "").replace("[meta]", f"[meta]\n{meta}"))
+        files[name].write_text(
+            TINY.replace('source_result = "about 90%"', "").replace("[meta]", f"[meta]\n{meta}")
+        )
     table = build_results(tmp_path / "runs", [str(path) for path in files.values()])
     last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:6]]
     assert last == [

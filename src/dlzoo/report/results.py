@@ -320,7 +320,16 @@ def render_row(row: ResultRow) -> list[str]:
             versus_source(meta.result, cfg),
         ]
     unmeasured = ["-", "not measured", "-", f"`dlzoo train {cfg.recipe}`"]
-    return [row.label, cfg.model.name, cfg.data.name, str(cfg.train.epochs), *unmeasured, source, reported, "-"]
+    return [
+        row.label,
+        cfg.model.name,
+        cfg.data.name,
+        str(cfg.train.epochs),
+        *unmeasured,
+        source,
+        reported,
+        "-",
+    ]
 
 
 def render_markdown(rows: list[ResultRow]) -> str:
