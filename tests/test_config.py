@@ -29,6 +29,7 @@ DATA_SHAPES = {
     "fashion_mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
     "captcha": ((1, 32, 96), 36),
+    "quickdraw": ((1, 28, 28), 3),
 }
 
 

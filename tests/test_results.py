@@ -11,7 +11,7 @@ import pytest
 from dlzoo.api import results, train
 from dlzoo.cli import main
 from dlzoo.recipes import load_recipe
-from dlzoo.report.results import MARKERS, build_results, replace_between_markers, write_meta
+from dlzoo.report.results import MARKERS, build_results, relative_paths, replace_between_markers, write_meta
 from dlzoo.training.run import command_line
 
 TINY = """
@@ -136,6 +136,14 @@ def test_recipes_without_runs_show_the_recorded_result_or_not_measured(tmp_path)
     markdown = build_results(tmp_path / "runs", [str(recorded), str(unmeasured)]).markdown
     assert "91.23% (recorded in recipe)" in markdown and "`dlzoo train recorded`" in markdown
     assert "| unmeasured | softmax | digits | 1 | - | not measured |" in markdown
+
+
+def test_absolute_paths_in_the_data_cell_become_relative(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    text = f"CIFAR-10 (JPEG q75 copy) from {tmp_path}/shared/data/c.zip, 10,000 test"
+    assert relative_paths(text) == "CIFAR-10 (JPEG q75 copy) from ../shared/data/c.zip, 10,000 test"
+    assert relative_paths("scikit-learn's digits, 1/5 held out") == "scikit-learn's digits, 1/5 held out"
 
 
 def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):

@@ -9,9 +9,6 @@ from __future__ import annotations
 import io
 import pickle
 import re
-import socket
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -29,28 +26,9 @@ NEW_DATA_SETS = ["cifar100", "cifar100_coarse", "svhn", "celeba_gender", "quickd
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Caches go to a temporary default data dir, never the user's."""
-    cache_root = tmp_path / "dlzoo-home"
-    monkeypatch.setenv("DLZOO_DATA_DIR", str(cache_root))
-    return cache_root
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make every URL fetch fail as on a machine without network; records the URLs tried."""
-    tried: list[str] = []
-
-    def no_network(request, *args, **kwargs):
-        tried.append(getattr(request, "full_url", str(request)))
-        raise urllib.error.URLError("network is unreachable (test)")
-
-    def no_connect(*args, **kwargs):
-        raise OSError("network is unreachable (test)")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_connect)
-    return tried
+def data_dir(isolated_data_dir: Path) -> Path:
+    """Every test here caches into a temporary default data dir (conftest's ``isolated_data_dir``)."""
+    return isolated_data_dir
 
 
 def load(name: str, root: Path, download: bool = False):

@@ -149,6 +149,18 @@ def rebuilt_command(cfg: RunConfig, overrides: list[str]) -> str:
     return shlex.join(words)
 
 
+def relative_paths(text: str) -> str:
+    """``text`` with each absolute path written relative to the working folder where that is
+    shorter (``/home/me/dlzoo/../shared/data/x.zip`` -> ``../shared/data/x.zip``): the table
+    should not carry one machine's folders."""
+
+    def shorter(found: re.Match[str]) -> str:
+        relative = os.path.relpath(found.group(0))
+        return relative if len(relative) < len(found.group(0)) else found.group(0)
+
+    return re.sub(r"(?<![\w.])/[^\s,;()]+", shorter, text)
+
+
 def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> MeasuredRun:
     info = read_json(folder / "run.json")
     recorded = str(info.get("command", ""))
@@ -161,7 +173,7 @@ def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> Measured
         epochs=info.get("epochs_run", cfg.train.epochs),
         seconds=float(info.get("train_seconds", 0.0)),
         threads=info.get("machine", {}).get("torch_threads"),
-        data=f"{data.get('source', '?')}, {data.get('test', 0):,} test",
+        data=relative_paths(f"{data.get('source', '?')}, {data.get('test', 0):,} test"),
         command=recorded if is_cli else rebuilt_command(cfg, overrides),
         recorded=is_cli,
     )
