@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,14 +62,46 @@ def _match(name: str, pattern: str) -> bool:
     return fnmatch.fnmatch(name, pattern)
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """``argv`` (a ``dlzoo train`` command line without ``--nproc``) under torchrun, N processes
+    on this machine (``--standalone``: a rendezvous on a free local port)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "dlzoo", *argv]
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--nproc N`` / ``--nproc=N``."""
+    kept: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--nproc":
+            skip = True
+        elif not word.startswith("--nproc="):
+            kept.append(word)
+    return kept
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from dlzoo.api import train
+    from dlzoo.training.distributed import from_environment
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1 (processes on this machine), got {args.nproc}")
     overrides = list(args.set)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if args.resume is None:  # a mistake in the config is one error here, not one per process
+            from dlzoo.recipes import load_recipe
+            from dlzoo.training.distributed import Distributed, check_batch_size
+
+            check_batch_size(Distributed(0, args.nproc), load_recipe(args.recipe, overrides).data.batch_size)
+        command = torchrun_command(args.nproc, without_nproc(args.argv))
+        raise SystemExit(subprocess.run(command).returncode)
     result = train(
         args.recipe,
         overrides,
@@ -77,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         force=args.force,
     )
-    report_result(result)
+    if from_environment().is_main:  # data-parallel: rank 0 reports for all
+        report_result(result)
 
 
 def report_result(result: Any) -> None:
@@ -295,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force", action="store_true", help="with --resume: accept overrides that change its config"
     )
+    sub.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel on this machine: run under torchrun with N processes (gloo on CPU, NCCL on GPUs)",
+    )
 
     sub = add("finetune", cmd_finetune, "train a recipe starting from a run's weights, some of them frozen")
     sub.add_argument("run", help="run folder whose best weights to start from")
@@ -444,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.handler(args)
     except TrainingInterrupted as error:

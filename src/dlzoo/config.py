@@ -292,6 +292,8 @@ class TrainConfig:
     """Use deterministic kernels (bitwise-repeatable runs on CPU)."""
     threads: int = 0
     """CPU threads for torch's intra-op parallelism (0 = torch's default, one per core)."""
+    sync_batchnorm: bool = False
+    """Data-parallel runs: batch-norm statistics over the global batch, not each process's part."""
     monitor: str = "val_accuracy"
     """Metric that picks the best checkpoint and drives early stopping."""
     monitor_mode: str = "max"

@@ -244,6 +244,12 @@ class BatchLoader:
     ``set_epoch(epoch, start_batch=k)`` resumes an epoch at batch k.
     Iteration yields ``(x, y)``: x float32 and model-ready, y as stored.
     Integer non-image features (token ids) are passed through unchanged.
+
+    ``shard=(rank, world_size)`` (data-parallel training) yields only rank's part of each
+    batch: the batches are the ones a single process would see, cut into ``world_size``
+    contiguous parts of (nearly) equal size; a part may be empty only for a last, small
+    batch. Augmentation is drawn for the whole batch before it is cut, so the parts together
+    are exactly the single-process batch.
     """
 
     def __init__(
@@ -257,6 +263,7 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         device: torch.device | str = "cpu",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if len(split) == 0:
             raise ValueError(
@@ -282,6 +289,9 @@ class BatchLoader:
         self.augment = augment
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world_size = shard
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
         self.epoch = 0
         self.start_batch = 0
         # alternate_flip: each example's epoch-0 flip, drawn once from (seed, -1), a seed no epoch uses;
@@ -334,4 +344,15 @@ class BatchLoader:
             start = batch_index * self.batch_size
             stop = start + self.batch_size
             rows = slice(start, stop) if order is None else order[start:stop]
-            yield self._model_input(self.x[rows], batch_index, rows), self.y[rows]
+            if self.world_size == 1:
+                yield self._model_input(self.x[rows], batch_index, rows), self.y[rows]
+                continue
+            size = len(self.y[rows])
+            part = slice(size * self.rank // self.world_size, size * (self.rank + 1) // self.world_size)
+            if part.start == part.stop:
+                continue
+            if self.augment is not None:  # the draws are the whole batch's: augment it, then cut
+                yield self._model_input(self.x[rows], batch_index, rows)[part], self.y[rows][part]
+            else:
+                mine = slice(start + part.start, start + part.stop) if order is None else rows[part]
+                yield self._model_input(self.x[mine], batch_index, mine), self.y[mine]

@@ -49,8 +49,15 @@ class Loaders:
     normalizer: Normalizer
 
 
-def build_loaders(cfg: DataConfig, bundle: DataBundle, seed: int, device: torch.device) -> Loaders:
-    """Hold out validation from train, fit the normaliser on what remains, batch all three."""
+def build_loaders(
+    cfg: DataConfig, bundle: DataBundle, seed: int, device: torch.device, shard: tuple[int, int] = (0, 1)
+) -> Loaders:
+    """Hold out validation from train, fit the normaliser on what remains, batch all three.
+
+    ``shard=(rank, world_size)``: data-parallel training; the training and validation loaders
+    give this process its part of every batch (the training loader drops an epoch's last,
+    incomplete batch, so every process steps on an equal part), the test loader the whole split.
+    """
     train, val = split_train_val(bundle.train, cfg.val_fraction, seed)
     if 0 < cfg.train_subset < len(train):  # a seeded, stratified subset, not the first N
         _, train = split_train_val(train, cfg.train_subset / len(train), seed)
@@ -58,9 +65,19 @@ def build_loaders(cfg: DataConfig, bundle: DataBundle, seed: int, device: torch.
     augment = cfg.augment if cfg.augment.enabled else None
     return Loaders(
         train=BatchLoader(
-            train, cfg.batch_size, normalizer, shuffle=True, augment=augment, seed=seed, device=device
+            train,
+            cfg.batch_size,
+            normalizer,
+            shuffle=True,
+            augment=augment,
+            seed=seed,
+            device=device,
+            drop_last=shard[1] > 1,
+            shard=shard,
         ),
-        val=BatchLoader(val, cfg.eval_batch_size, normalizer, device=device) if len(val) else None,
+        val=BatchLoader(val, cfg.eval_batch_size, normalizer, device=device, shard=shard)
+        if len(val)
+        else None,
         test=BatchLoader(bundle.test, cfg.eval_batch_size, normalizer, device=device),
         normalizer=normalizer,
     )

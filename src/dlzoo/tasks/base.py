@@ -32,6 +32,9 @@ class Task:
 
     def __init__(self, model: nn.Module, cfg: RunConfig, num_classes: int) -> None:
         self.model = model
+        self.step_model: nn.Module = model
+        """What ``train_step`` calls: the model, or its DDP wrapper in data-parallel training
+        (which averages the gradients over the processes during ``backward``)."""
         self.cfg = cfg
         self.num_classes = num_classes
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -60,7 +63,7 @@ class Task:
         (optimizer,) = self.optimizers
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            outputs = self.model(x)
+            outputs = self.step_model(x)
             loss = self.compute_loss(outputs, y)
         loss_value = loss.item()
         if not torch.isfinite(loss):

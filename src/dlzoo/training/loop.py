@@ -5,6 +5,8 @@
 (``last`` every epoch, ``best`` by the monitored metric) and stopping early
 when asked. The test split is measured once, at the end, with the weights
 ``train.test_checkpoint`` names.
+
+Started by torchrun, the same loop trains data-parallel: see ``dlzoo.training.distributed``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 
 from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle, Split
-from dlzoo.data.loader import BatchLoader
+from dlzoo.data.loader import BatchLoader, mix_seed
 from dlzoo.data.pipeline import Loaders, build_loaders, load_data
 from dlzoo.errors import CheckpointError, StopRun, TrainingError, TrainingInterrupted
 from dlzoo.models import create_model
@@ -35,6 +37,7 @@ from dlzoo.registry import TASKS
 from dlzoo.report.plots import plot_curves
 from dlzoo.tasks import NonFiniteLossError, Task
 from dlzoo.tasks.classify import confusion_matrix, predicted_class
+from dlzoo.training import distributed
 from dlzoo.training import run as runinfo
 from dlzoo.training.callbacks import MetricsFile, ProgressBar, TensorBoardLogger
 from dlzoo.training.checkpoint import (
@@ -48,6 +51,7 @@ from dlzoo.training.checkpoint import (
     whole_epoch,
     write_checkpoint,
 )
+from dlzoo.training.distributed import Distributed, sum_over_processes
 from dlzoo.training.finetune import freeze, load_initial_weights, set_train_mode, unchanged
 from dlzoo.training.resume import RunLock
 
@@ -131,9 +135,15 @@ class GracefulStop:
     consistent (weights, optimiser and counters all after the same step) and can be saved.
     A second Ctrl-C exits at once without saving; the last epoch checkpoint is still there."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: Distributed | None = None) -> None:
         self.requested = False
         self.previous: dict[int, Any] = {}
+        self.ctx = ctx or Distributed()
+
+    def should_stop(self) -> bool:
+        """Whether a stop was asked for, here or (data-parallel) in any other process, so that
+        every process stops after the same batch."""
+        return self.ctx.any(self.requested)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -166,7 +176,7 @@ def train_one_epoch(
     totals: dict[str, float] = defaultdict(float, state.partial)
     progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
     for x, y in loader:
-        if stop is not None and stop.requested:
+        if stop is not None and stop.should_stop():
             state.partial = dict(totals)  # the batches done so far, for a mid-epoch checkpoint
             raise KeyboardInterrupt
         metrics = task.train_step(prepare_batch(x, channels_last), y)
@@ -178,7 +188,8 @@ def train_one_epoch(
         progress.advance(len(y), metrics["loss"])
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
             break
-    samples_per_second = progress.end_epoch()
+    samples_per_second = sum_over_processes({"samples": progress.end_epoch()}, loader.world_size)["samples"]
+    totals = sum_over_processes(totals, loader.world_size)  # data-parallel: every process's examples
     seen = totals.pop("seen")
     state.batch, state.partial = 0, {}
     means = {f"train_{name}": total / seen for name, total in totals.items()}
@@ -189,14 +200,18 @@ def train_one_epoch(
 def evaluate(
     task: Task, loader: BatchLoader, channels_last: bool = False, prefix: str = "val"
 ) -> dict[str, float]:
-    """Example-weighted means of the task's eval metrics over a whole split."""
+    """Example-weighted means of the task's eval metrics over a whole split (over every
+    process's part of it, for a sharded loader)."""
     task.model.eval()
     totals: dict[str, float] = defaultdict(float)
-    seen = 0
     for x, y in loader:
         for name, value in task.eval_step(prepare_batch(x, channels_last), y).items():
             totals[name] += value * len(y)
-        seen += len(y)
+        totals["seen"] += len(y)
+    if loader.world_size > 1:  # a process with no part of the split still adds its zeros
+        names = [*task.metric_names(), "seen"]
+        totals = sum_over_processes({name: totals[name] for name in names}, loader.world_size)
+    seen = totals.pop("seen")
     return {f"{prefix}_{name}": total / seen for name, total in totals.items()}
 
 
@@ -218,8 +233,8 @@ def improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def training_state(task: Task, state: TrainState) -> dict[str, Any]:
-    """Everything besides the weights that a resumed run needs, as ``weights_only``-safe types."""
+def rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and python RNG states, as ``weights_only``-safe types."""
     numpy_state = np.random.get_state()
     rng: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -228,13 +243,30 @@ def training_state(task: Task, state: TrainState) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def training_state(task: Task, state: TrainState, ctx: Distributed | None = None) -> dict[str, Any]:
+    """Everything besides the weights that a resumed run needs, as ``weights_only``-safe types.
+    Data-parallel, every process calls it: each one's RNG states are gathered (``rng["ranks"]``)."""
+    ctx = ctx or Distributed()
+    rng = rng_state()
+    if ctx.enabled:
+        rng = {**rng, "ranks": ctx.gather(rng)}
     return {**dataclasses.asdict(state), "task": task.state_dict(), "rng": rng}
 
 
-def restore_state(task: Task, saved: dict[str, Any]) -> TrainState:
-    """Put optimisers, schedules and RNGs back as they were; returns the counters."""
+def restore_state(task: Task, saved: dict[str, Any], rank: int = 0) -> TrainState:
+    """Put optimisers, schedules and RNGs back as they were (process ``rank``'s RNGs, for a
+    data-parallel checkpoint); returns the counters."""
     task.load_state_dict(saved["task"])
     rng = saved["rng"]
+    if "ranks" in rng:
+        if rank >= len(rng["ranks"]):
+            raise CheckpointError(
+                f"this checkpoint was saved by {len(rng['ranks'])} processes; resume it with at most as many"
+            )
+        rng = rng["ranks"][rank]
     torch.set_rng_state(rng["torch"])
     np.random.set_state(("MT19937", rng["numpy"]["keys"].numpy().astype(np.uint32), *rng["numpy"]["rest"]))
     random.setstate(rng["python"])
@@ -258,16 +290,27 @@ class Experiment:
     bf16: bool
     transfer: dict[str, Any]
     """Fine-tuning facts: where the initial weights came from, which parameters are frozen."""
+    dist: Distributed = field(default_factory=Distributed)
+    """This process's place in a data-parallel run (a single process by default)."""
 
 
-def build_experiment(cfg: RunConfig) -> Experiment:
-    """Data, model, task and optimisers for ``cfg``; a user mistake raises here, before the run folder."""
+def build_experiment(cfg: RunConfig, ctx: Distributed | None = None) -> Experiment:
+    """Data, model, task and optimisers for ``cfg``; a user mistake raises here, before the run folder.
+
+    Data-parallel (``ctx``), every process builds the same experiment; rank 0 loads the data
+    first, so that a data set decoded on first use is decoded and cached once."""
+    ctx = ctx or Distributed()
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = distributed.start(ctx, pick_device(cfg.train.device))
+    distributed.check_batch_size(ctx, cfg.data.batch_size)
+    if not ctx.is_main:
+        ctx.barrier()
     bundle = load_data(cfg.data)
-    loaders = build_loaders(cfg.data, bundle, cfg.train.seed, device)
+    if ctx.is_main:
+        ctx.barrier()
+    loaders = build_loaders(cfg.data, bundle, cfg.train.seed, device, shard=(ctx.rank, ctx.world_size))
     in_shape = tuple(bundle.train.x.shape[1:])
     model = create_model(
         cfg.model.name, len(bundle.classes), in_shape, cfg.model.init, **cfg.model.model_kwargs()
@@ -280,6 +323,8 @@ def build_experiment(cfg: RunConfig) -> Experiment:
         transfer = load_initial_weights(model, cfg.model.init_from, cfg.log.runs_dir)
     if cfg.model.freeze:
         transfer["frozen"] = freeze(model, cfg.model.freeze)
+    if cfg.train.sync_batchnorm and ctx.enabled:
+        distributed.convert_sync_batchnorm(model, device)
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = resolve_toggle(cfg.train.channels_last, auto=has_conv and device.type == "cuda")
     bf16 = resolve_toggle(cfg.train.bf16, auto=bf16_supported(device))
@@ -300,7 +345,9 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     task.configure_optimizers(epoch_steps, total_steps)
     if bf16:
         task.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return Experiment(cfg, bundle, loaders, model, task, device, channels_last, bf16, transfer)
+    if ctx.rank:  # the same weights everywhere (DDP broadcasts rank 0's), but each its own dropout
+        torch.manual_seed(mix_seed(cfg.train.seed, ctx.rank))
+    return Experiment(cfg, bundle, loaders, model, task, device, channels_last, bf16, transfer, ctx)
 
 
 def run_info(exp: Experiment) -> dict[str, Any]:
@@ -324,6 +371,17 @@ def run_info(exp: Experiment) -> dict[str, Any]:
             "test": loaders.test.num_examples,
         },
         "normalizer": loaders.normalizer.to_dict(),
+        **(
+            {
+                "distributed": {
+                    "world_size": exp.dist.world_size,
+                    "backend": torch.distributed.get_backend(),
+                    "sync_batchnorm": exp.cfg.train.sync_batchnorm,
+                }
+            }
+            if exp.dist.enabled
+            else {}
+        ),
         "parameters": sum(p.numel() for p in exp.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in exp.model.parameters() if p.requires_grad),
         **({"transfer": exp.transfer} if exp.transfer else {}),
@@ -337,8 +395,11 @@ def save_progress(exp: Experiment, state: TrainState, folder: Path, improved_now
     name = checkpoint_name(state.epoch, state.batch)
     if improved_now:
         state.best_checkpoint = name
+    saved = training_state(exp.task, state, exp.dist)  # data-parallel: gathers every process's RNGs
+    if not exp.dist.is_main:  # rank 0 writes for all
+        return
     previous = read_pointer(folder, "last")  # kept as the fallback should the new one be damaged
-    write_checkpoint(folder, name, exp.model, training_state(exp.task, state))
+    write_checkpoint(folder, name, exp.model, saved)
     set_pointer(folder, "last", name)
     if improved_now:
         set_pointer(folder, "best", name)
@@ -373,29 +434,40 @@ def measure_test(
     return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
 
 
-def open_run(exp: Experiment, resume_from: Path | None) -> tuple[Path, RunLock, dict[str, Any], TrainState]:
-    """A new run folder, or the resumed one with its state restored; locked either way."""
-    cfg = exp.cfg
-    if resume_from is None:
+def open_run(
+    exp: Experiment, resume_from: Path | None
+) -> tuple[Path, RunLock | None, dict[str, Any], TrainState]:
+    """A new run folder, or the resumed one with its state restored; locked either way.
+
+    Data-parallel, rank 0 makes or locks the folder and reads the checkpoint, and broadcasts
+    the folder and the training state; the other processes hold no lock and no run facts."""
+    cfg, ctx = exp.cfg, exp.dist
+    lock, info, saved = None, {}, None
+    run_dir = resume_from
+    if ctx.is_main and resume_from is None:
         run_dir = runinfo.new_run_dir(cfg.log.runs_dir, cfg.recipe)
         lock = RunLock(run_dir)
         info = run_info(exp)
         runinfo.write_json(run_dir / "config.json", cfg.to_dict())
+    elif ctx.is_main:
+        lock = RunLock(run_dir)
+        try:
+            saved = load_checkpoint(run_dir / "checkpoints", "last", exp.model)
+        except CheckpointError:
+            lock.release()
+            raise
+        info = runinfo.read_json(run_dir / "run.json")
+    run_dir, saved = ctx.broadcast((run_dir, saved))
+    if saved is None:
         return run_dir, lock, info, TrainState()
-    run_dir = resume_from
-    lock = RunLock(run_dir)
-    try:
-        saved = load_checkpoint(run_dir / "checkpoints", "last", exp.model)
-    except CheckpointError:
-        lock.release()
-        raise
-    state = restore_state(exp.task, saved)
-    if state.best_checkpoint:
-        set_pointer(run_dir / "checkpoints", "best", state.best_checkpoint)
-    info = runinfo.read_json(run_dir / "run.json")
-    info.setdefault("resumed", []).append({"at": runinfo.now(), "epoch": state.epoch, "batch": state.batch})
-    if cfg.to_dict() != runinfo.read_json(run_dir / "config.json"):
-        runinfo.write_json(run_dir / "config.json", cfg.to_dict())  # resumed with --force
+    state = restore_state(exp.task, saved, ctx.rank)
+    if ctx.is_main:
+        if state.best_checkpoint:
+            set_pointer(run_dir / "checkpoints", "best", state.best_checkpoint)
+        resumed = {"at": runinfo.now(), "epoch": state.epoch, "batch": state.batch}
+        info.setdefault("resumed", []).append(resumed)
+        if cfg.to_dict() != runinfo.read_json(run_dir / "config.json"):
+            runinfo.write_json(run_dir / "config.json", cfg.to_dict())  # resumed with --force
     return run_dir, lock, info, state
 
 
@@ -411,32 +483,42 @@ def train(
     result equals an uninterrupted run's. ``on_epoch_end(row)`` sees each epoch's metrics
     row after it is logged and checkpointed; raising ``StopRun`` from it ends the run early
     (marked ``stopped``, no test measurement).
+
+    Started by torchrun (``WORLD_SIZE`` > 1), it trains data-parallel: every process returns
+    the same result, and only rank 0 writes (``dlzoo.training.distributed``).
     """
-    exp = build_experiment(cfg)
+    ctx = distributed.from_environment()
+    exp = build_experiment(cfg, ctx)
     run_dir, lock, info, state = open_run(exp, resume_from)
+    if ctx.enabled:
+        exp.task.step_model = distributed.wrap(exp.model, ctx, exp.device)
+    main = ctx.is_main
     checkpoints = run_dir / "checkpoints"
     info.update(status="running")
-    runinfo.write_json(run_dir / "run.json", info)
-    say = (lambda *_: None) if quiet else print
+    write_info = (lambda: runinfo.write_json(run_dir / "run.json", info)) if main else (lambda: None)
+    write_info()
+    say = print if main and not quiet else (lambda *_: None)
+    parameters = sum(p.numel() for p in exp.model.parameters())
+    processes = f"; {ctx.world_size} processes" if ctx.enabled else ""
     say(
-        f"run folder {run_dir}  ({exp.bundle.source}; {info['parameters']:,} parameters; {exp.device})"
+        f"run folder {run_dir}  ({exp.bundle.source}; {parameters:,} parameters; {exp.device}{processes})"
         + (f"; resumed at epoch {state.epoch + 1}" if resume_from else "")
     )
 
-    metrics_file = MetricsFile(run_dir)
-    history = metrics_file.keep_until(state.epoch)  # rows written after the checkpoint are redone
+    metrics_file = MetricsFile(run_dir) if main else None
+    history = metrics_file.keep_until(state.epoch) if metrics_file else []  # later rows are redone
     board = (
         TensorBoardLogger(run_dir, cfg.log.histograms, purge_step=state.epoch + 1)
-        if cfg.log.tensorboard
+        if cfg.log.tensorboard and main
         else None
     )
     if board and not resume_from:
         x0, _ = next(iter(exp.loaders.test))
         images = exp.bundle.train.x[:32].float() / 255 if exp.bundle.train.is_image else None
         board.start(exp.model, prepare_batch(x0[:2], exp.channels_last), images)
-    progress = ProgressBar(cfg.log.progress and not quiet)
+    progress = ProgressBar(cfg.log.progress and not quiet and main)
     stopped_early = False
-    stop = GracefulStop()
+    stop = GracefulStop(ctx)
     stop.install()
     started = time.perf_counter() - state.train_seconds
     try:
@@ -448,7 +530,8 @@ def train(
             state.train_seconds = time.perf_counter() - started
             row = {"epoch": state.epoch, "step": state.step, "lr": exp.task.lr, **row}
             history.append(row)
-            metrics_file.append(row)
+            if metrics_file:
+                metrics_file.append(row)
             if board:
                 board.epoch_end(
                     exp.model, {k: v for k, v in row.items() if k not in ("epoch", "step")}, state.epoch
@@ -470,18 +553,19 @@ def train(
         if state.batch:  # inside an epoch: keep the batches done so far
             save_progress(exp, state, checkpoints)
         info.update(status="interrupted", interrupted=runinfo.now(), epochs_run=state.epoch)
-        runinfo.write_json(run_dir / "run.json", info)
+        write_info()
+        ctx.barrier()  # no process exits (and so no launcher stops the others) before rank 0 has written
         raise TrainingInterrupted(
             f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint saved. "
             f"Resume with: dlzoo train {cfg.recipe} --resume {run_dir}"
         ) from None
     except StopRun:
         info.update(status="stopped", finished=runinfo.now(), epochs_run=state.epoch)
-        runinfo.write_json(run_dir / "run.json", info)
+        write_info()
         raise
     except NonFiniteLossError as error:
         info.update(status="failed", error=str(error), finished=runinfo.now())
-        runinfo.write_json(run_dir / "run.json", info)
+        write_info()
         kept = f"the last good checkpoint is {checkpoints / 'last'} (epoch {state.epoch})"
         raise TrainingError(
             f"training stopped at epoch {state.epoch + 1}, step {state.step + 1}: {error}; "
@@ -490,13 +574,19 @@ def train(
         ) from None
     except CheckpointError as error:
         info.update(status="failed", error=str(error), finished=runinfo.now())
-        runinfo.write_json(run_dir / "run.json", info)
+        write_info()
         raise TrainingError(str(error)) from None
     finally:
         stop.restore()
         if board:
             board.writer.flush()
-        lock.release()
+        if lock:
+            lock.release()
+
+    if not main:  # rank 0 measures the test split alone; the others wait for its numbers
+        test = ctx.broadcast(None)
+        distributed.finish(ctx)
+        return RunResult(run_dir=run_dir, test=test, history=history, stopped_early=stopped_early)
 
     if exp.transfer.get("frozen") and "init_from" in exp.transfer:  # evidence that frozen means frozen
         info["transfer"]["frozen_unchanged"] = unchanged(
@@ -512,6 +602,7 @@ def train(
         test=test,
     )
     runinfo.write_json(run_dir / "run.json", info)
+    ctx.broadcast(test)
     if cfg.log.plots:
         plot_curves(history, run_dir / "curves.png", f"{cfg.recipe} (seed {cfg.train.seed})")
     if board:
@@ -524,4 +615,5 @@ def train(
             },
             test,
         )
+    distributed.finish(ctx)
     return RunResult(run_dir=run_dir, test=test, history=history, stopped_early=stopped_early)
