@@ -486,16 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    other_rank = os.environ.get("RANK", "0") != "0"  # a process of a data-parallel run other than rank 0
     try:
         args.handler(args)
     except TrainingInterrupted as error:
-        print(str(error), file=sys.stderr)
+        if not other_rank:
+            print(str(error), file=sys.stderr)
         return 130
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if not other_rank:  # data-parallel: every process meets the same mistake; rank 0 says it
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
