@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlzoo-installed
 
-.PHONY: demo test lint clean-runs
+.PHONY: demo test lint bench clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ demo: $(STAMP)  ## train the embedded default (LeNet-5 on scikit-learn's 8x8 dig
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q
 
+bench: $(STAMP)  ## training throughput: dlzoo vs plain PyTorch vs Keras (makes benchmarks/.venv-keras once)
+	$(PY) benchmarks/throughput.py --write docs/benchmarks.md
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 clean-runs:
 	rm -rf runs

@@ -1,0 +1,301 @@
+"""Training throughput of the notes' CNNs: dlzoo against plain PyTorch and Keras 3.
+
+    .venv/bin/python benchmarks/throughput.py [--models cbapd,lenet5] [--write docs/benchmarks.md]
+
+For each model, three implementations train the same architecture (same parameter count,
+checked) on the same CIFAR-10-shaped uint8 images with the same input work (a random
+horizontal flip and per-channel standardisation), the same batch size and SGD with momentum,
+one after another on this machine:
+
+- **dlzoo**: ``dlzoo.create_model`` + the classify task's ``train_step`` fed by dlzoo's
+  in-memory ``BatchLoader`` (the whole batch flipped and normalised with tensor ops),
+  channels-last (``dlzoo (NCHW)`` is the same with the default memory format).
+- **eager**: the notes' plain PyTorch loop, the same ``nn.Module`` in NCHW float32, images
+  as PIL through ``torchvision.transforms`` (RandomHorizontalFlip, ToTensor, Normalize) in a
+  ``DataLoader`` (``--eager-workers`` worker processes, 2 as in the PyTorch tutorial).
+- **keras**: ``benchmarks/keras_models.py`` in its own virtual environment
+  (``benchmarks/.venv-keras``, made on first use with tensorflow-cpu and keras), tf.data for
+  the input, timed with each of its settings (plain, XLA ``jit_compile``, the
+  ``mixed_bfloat16`` policy) and credited with its best.
+
+Images/s is steady state: ``--warmup`` steps are run and dropped, then ``--steps`` timed.
+The ratio columns are dlzoo's images/s over the others', measured in the same run. Data:
+the CIFAR-10 JPEG copy in ../shared/data when it is there (through dlzoo's cache), random
+images otherwise; throughput does not depend on which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from dlzoo.config import AugmentConfig, RunConfig
+from dlzoo.data.core import Split
+from dlzoo.data.loader import BatchLoader, Normalizer
+from dlzoo.models import create_model
+from dlzoo.registry import TASKS
+from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
+
+HERE = Path(__file__).resolve().parent
+KERAS_VENV = HERE / ".venv-keras"
+KERAS_PACKAGES = ["tensorflow-cpu>=2.16", "keras>=3.0"]
+
+# name -> (dlzoo model, its settings): the TF2 course's CIFAR-10 nets and the Keras example's.
+MODELS: dict[str, tuple[str, dict[str, object]]] = {
+    "cbapd": ("cbapd", {}),
+    "lenet5": ("lenet5", {"activation": "sigmoid"}),
+    "alexnet8": ("alexnet8", {}),
+    "vgg16": ("vgg16_cifar", {}),
+    "inception10": ("inception10", {}),
+    "resnet18": ("resnet18", {"stem": "cifar"}),
+    "keras_cifar10_cnn": ("keras_cifar10_cnn", {}),
+}
+NUM_IMAGES = 4096
+"""Images held for the benchmark (enough for warm-up and timed steps without reuse at batch 128)."""
+
+
+def benchmark_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x uint8 (N, 32, 32, 3), y int64 (N,), where they came from)."""
+    if (data_dir / "cifar10-jpeg").is_dir():
+        from dlzoo.config import DataConfig
+        from dlzoo.data.pipeline import load_data
+
+        bundle = load_data(DataConfig(name="cifar10", data_dir=str(data_dir), download=False))
+        x = bundle.train.x[:NUM_IMAGES].permute(0, 2, 3, 1).numpy()
+        return np.ascontiguousarray(x), bundle.train.y[:NUM_IMAGES].numpy(), "CIFAR-10 (JPEG q75 copy)"
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (NUM_IMAGES, 32, 32, 3), dtype=np.uint8)
+    return x, rng.integers(0, 10, NUM_IMAGES), "random images"
+
+
+def timed(step, batches, warmup: int, steps: int) -> float:
+    """Images per second of ``step(x, y)`` over ``steps`` batches after ``warmup`` dropped ones."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(*next(iterator))
+    seen, start = 0, time.perf_counter()
+    for _ in range(steps):
+        x, y = next(iterator)
+        step(x, y)
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def endless(make_epoch):
+    while True:
+        yield from make_epoch()
+
+
+def run_dlzoo(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace, channels_last: bool) -> dict:
+    model_name, settings = MODELS[name]
+    torch.manual_seed(0)
+    model = create_model(model_name, 10, (3, 32, 32), **settings)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    cfg = RunConfig.from_dict({"model": {"name": model_name}, "optim": {"name": "momentum", "lr": 0.01}})
+    task = TASKS.get("classify")(model, cfg, 10)
+    task.configure_optimizers(NUM_IMAGES // args.batch, 10**6)
+    split = Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y))
+    loader = BatchLoader(
+        split, args.batch, Normalizer.fit(split.x, "standard"), shuffle=True, augment=AugmentConfig(flip=True)
+    )
+    model.train()
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        task.train_step(inputs.contiguous(memory_format=memory_format), labels)
+
+    rate = timed(step, endless(lambda: loader), args.warmup, args.steps)
+    return {"images_per_second": rate, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+class PILImages(Dataset):
+    """The way torchvision's CIFAR10 serves images: a PIL image per index through ``transform``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: transforms.Compose) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.x[index])), int(self.y[index])
+
+
+def run_eager(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
+    model_name, settings = MODELS[name]
+    torch.manual_seed(0)
+    model = create_model(model_name, 10, (3, 32, 32), **settings)
+    mean = (x.reshape(-1, 3).mean(0) / 255).tolist()
+    std = (x.reshape(-1, 3).std(0) / 255).tolist()
+    transform = transforms.Compose(
+        [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
+    loader = DataLoader(
+        PILImages(x, y, transform),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.eager_workers,
+        persistent_workers=args.eager_workers > 0,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        loss = criterion(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the notes' running loss, as every eager loop logs it
+
+    rate = timed(step, endless(lambda: loader), args.warmup, args.steps)
+    return {"images_per_second": rate, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def keras_python() -> Path:
+    """The Keras environment's interpreter, made on first use (tensorflow-cpu, keras, numpy)."""
+    python = KERAS_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"making {KERAS_VENV} with {' '.join(KERAS_PACKAGES)} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(KERAS_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *KERAS_PACKAGES], check=True)
+    return python
+
+
+def run_keras(names: list[str], data: Path, args: argparse.Namespace) -> dict[str, dict]:
+    command = [
+        str(keras_python()),
+        str(HERE / "keras_models.py"),
+        "--data",
+        str(data),
+        "--models",
+        ",".join(names),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the Keras benchmark failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "?",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}"
+    )
+
+
+def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
+    header = ["model", "parameters", "dlzoo img/s", "dlzoo (NCHW)", "eager img/s", "keras img/s (setting)"]
+    header += ["dlzoo / keras", "dlzoo / eager"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        ours = max(result["dlzoo"]["images_per_second"], result["dlzoo_nchw"]["images_per_second"])
+        eager = result["eager"]["images_per_second"]
+        theirs = keras.get(name) if keras else None
+        keras_cell = f"{theirs['images_per_second']:.0f} ({theirs['setting']})" if theirs else "-"
+        versus_keras = f"{ours / theirs['images_per_second']:.2f}x" if theirs else "-"
+        lines.append(
+            f"| {name} | {result['dlzoo']['parameters']:,} | {result['dlzoo']['images_per_second']:.0f} | "
+            f"{result['dlzoo_nchw']['images_per_second']:.0f} | {eager:.0f} | {keras_cell} | "
+            f"{versus_keras} | {ours / eager:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS)
+    )
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, all three"
+    )
+    parser.add_argument("--eager-workers", type=int, default=2, help="DataLoader workers of the eager loop")
+    parser.add_argument("--no-keras", action="store_true", help="skip Keras (no TensorFlow install)")
+    parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument(
+        "--write", metavar="FILE", help="write the table and the machine into FILE (markdown)"
+    )
+    args = parser.parse_args()
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    torch.set_num_threads(args.threads)
+    x, y, source = benchmark_images(Path(args.data_dir))
+    data = HERE / ".benchmark-images.npz"
+    np.savez(data, x=x, y=y)
+    results: dict[str, dict] = {}
+    for name in names:
+        results[name] = {
+            "dlzoo": run_dlzoo(name, x, y, args, channels_last=True),
+            "dlzoo_nchw": run_dlzoo(name, x, y, args, channels_last=False),
+            "eager": run_eager(name, x, y, args),
+        }
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in results[name].items()),
+            file=sys.stderr,
+        )
+    keras = None if args.no_keras else run_keras(names, data, args)
+    if keras:
+        for name in names:
+            if keras[name]["parameters"] != results[name]["dlzoo"]["parameters"]:
+                raise SystemExit(
+                    f"error: Keras {name} has {keras[name]['parameters']:,} parameters, dlzoo's "
+                    f"{results[name]['dlzoo']['parameters']:,}: not the same architecture"
+                )
+    markdown = table(results, keras)
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    versions = f"; {keras['_versions']}" if keras else ""
+    report = (
+        f"Machine: {machine()}{versions}. Batch {args.batch}, {args.threads} threads, "
+        f"{args.warmup} warm-up + {args.steps} timed steps, {source}.\n"
+        f"Command: `{command.strip()}`\n\n{markdown}\n"
+    )
+    print(report)
+    if args.write:
+        Path(args.write).write_text("# Benchmarks\n\n## Training throughput\n\n" + report)
+
+
+if __name__ == "__main__":
+    main()
