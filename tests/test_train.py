@@ -47,6 +47,7 @@ def test_run_folder_holds_everything(digits_run):
     assert info["status"] == "finished" and info["seed"] == 0 and info["dlzoo_version"] == dlzoo.__version__
     assert info["git_revision"] and info["machine"]["torch"] == torch.__version__
     assert info["test"] == digits_run.test
+    assert 50 < info["peak_rss_mib"] < 24 * 1024, "peak resident memory in MiB"
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and (run / "metrics.csv").read_text().count("\n") == 5
     events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
@@ -293,3 +294,25 @@ def test_an_epoch_callback_sees_each_row_and_can_stop_the_run(tmp_path):
     (run,) = (tmp_path / "iris-softmax").iterdir()
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "stopped" and info["epochs_run"] == 2 and "test" not in info
+
+
+def test_compile_trains_the_same_model_through_torch_compile(tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(module, *args, **kwargs):
+        compiled.append(module)
+        return real_compile(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    settings = ["train.epochs=2", "train.threads=1", "log.tensorboard=false", "log.plots=false"]
+    eager = dlzoo.train("digits-lenet5", settings, runs_dir=str(tmp_path / "eager"), quiet=True)
+    assert not compiled
+    fast = dlzoo.train(
+        "digits-lenet5", [*settings, "train.compile=true"], runs_dir=str(tmp_path / "c"), quiet=True
+    )
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    # the same steps with fused kernels: the same curve to float tolerance, the same test result
+    for before, after in zip(eager.history, fast.history):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-3)
+    assert abs(fast.test["test_accuracy"] - eager.test["test_accuracy"]) <= 2 / 359

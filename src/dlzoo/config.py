@@ -294,6 +294,9 @@ class TrainConfig:
     """CPU threads for torch's intra-op parallelism (0 = torch's default, one per core)."""
     sync_batchnorm: bool = False
     """Data-parallel runs: batch-norm statistics over the global batch, not each process's part."""
+    compile: bool = False
+    """torch.compile the training step's model (inductor): a compile pause up front, faster steps
+    where it pays (larger models, GPUs); evaluation runs the plain model."""
     monitor: str = "val_accuracy"
     """Metric that picks the best checkpoint and drives early stopping."""
     monitor_mode: str = "max"

@@ -492,6 +492,8 @@ def train(
     run_dir, lock, info, state = open_run(exp, resume_from)
     if ctx.enabled:
         exp.task.step_model = distributed.wrap(exp.model, ctx, exp.device)
+    if cfg.train.compile:  # the same parameters: checkpoints and evaluation use exp.model
+        exp.task.step_model = torch.compile(exp.task.step_model)
     main = ctx.is_main
     checkpoints = run_dir / "checkpoints"
     info.update(status="running")
@@ -597,6 +599,7 @@ def train(
         status="finished",
         finished=runinfo.now(),
         train_seconds=round(state.train_seconds, 2),
+        peak_rss_mib=runinfo.peak_rss_mib(),
         epochs_run=state.epoch,
         test_checkpoint=tested,
         test=test,

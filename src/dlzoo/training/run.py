@@ -50,6 +50,14 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def command_line() -> str:
     """The command that started this process, as it would be typed again: ``dlzoo train ...`` for
     the command line (also ``python -m dlzoo``), else ``python SCRIPT ...`` (the Python API)."""
