@@ -246,3 +246,10 @@ def test_a_ddp_run_stopped_mid_epoch_resumes_under_ddp_to_the_same_weights(two_r
     uninterrupted, after_resume = final_weights(two_runs["two"]), final_weights(run_dir)
     assert all(torch.equal(after_resume[name], uninterrupted[name]) for name in uninterrupted)
     assert info["test"] == json.loads((two_runs["two"] / "run.json").read_text())["test"]
+    rows = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (two_runs["two"], run_dir)
+    ]
+    for before, after in zip(*rows):  # the interrupted epoch's means too: every process's batches
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-9)
+        assert after["train_accuracy"] == pytest.approx(before["train_accuracy"], rel=1e-9)

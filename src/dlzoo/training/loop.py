@@ -173,11 +173,12 @@ def train_one_epoch(
     returns the example-weighted means of the step metrics."""
     set_train_mode(task.model)  # frozen batch-norm layers stay in eval mode
     loader.set_epoch(state.epoch, start_batch=state.batch)
-    totals: dict[str, float] = defaultdict(float, state.partial)
+    # after a mid-epoch stop, state.partial holds every process's sums: rank 0 carries them on
+    totals: dict[str, float] = defaultdict(float, state.partial if loader.rank == 0 else {})
     progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
     for x, y in loader:
-        if stop is not None and stop.should_stop():
-            state.partial = dict(totals)  # the batches done so far, for a mid-epoch checkpoint
+        if stop is not None and stop.should_stop():  # the batches done so far, for a mid-epoch checkpoint
+            state.partial = sum_over_processes(totals, loader.world_size)
             raise KeyboardInterrupt
         metrics = task.train_step(prepare_batch(x, channels_last), y)
         state.step += 1
