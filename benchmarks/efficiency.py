@@ -1,0 +1,87 @@
+"""Hardware efficiency: the training FLOP/s dlzoo achieves per model against this machine's
+measured matrix-multiply peak, in float32 and bfloat16.
+
+    .venv/bin/python benchmarks/efficiency.py [--models cbapd,resnet18] [--steps 10]
+
+- **Peak**: the best of several timed square matrix multiplies (``--matmul-size``, 2048 by
+  default) with all ``--threads``, in float32 and in bfloat16: what the BLAS / oneDNN
+  kernels of this CPU reach at best.
+- **A model's FLOPs**: one training step (forward and backward) at ``--batch``, counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies and convolutions, 2 FLOPs
+  a multiply-add; element-wise work is not counted, as is usual).
+- **Achieved**: FLOPs per step x steps/s on dlzoo's training path (``throughput.run_dlzoo``,
+  channels-last, float32), as a fraction of the float32 and of the bfloat16 peak (a CPU
+  without native bfloat16, such as this AVX2 one, has a bfloat16 peak below its float32 one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from throughput import MODELS, benchmark_images, run_dlzoo  # benchmarks/ is on the path as a script
+from torch.utils.flop_counter import FlopCounterMode
+
+from dlzoo.models import create_model
+
+
+def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` (size x size) @ (size x size) products."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm-up: thread pool, kernel choice
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(name: str, batch: int) -> int:
+    """FLOPs of one forward + backward pass of model ``name`` on a batch of CIFAR-sized images."""
+    model_name, settings = MODELS[name]
+    model = create_model(model_name, 10, (3, 32, 32), **settings)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(
+            model(torch.randn(batch, 3, 32, 32)), torch.zeros(batch).long()
+        ).backward()
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    args = parser.parse_args()
+    args.eager_workers = 0
+    torch.set_num_threads(args.threads)
+    peaks = {dtype: matmul_peak(dtype, args.matmul_size) for dtype in (torch.float32, torch.bfloat16)}
+    fp32, bf16 = (peaks[dtype] / 1e9 for dtype in (torch.float32, torch.bfloat16))
+    print(
+        f"matmul peak ({args.matmul_size}^2, {args.threads} threads): "
+        f"{fp32:.1f} GFLOP/s float32, {bf16:.1f} bfloat16"
+    )
+    x, y, _ = benchmark_images(Path(args.data_dir))
+    print("| model | GFLOP a step | img/s | achieved GFLOP/s | of the float32 peak | of the bfloat16 peak |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        flops = step_flops(name, args.batch)
+        rate = run_dlzoo(name, x, y, args, channels_last=True)["images_per_second"]
+        achieved = flops * rate / args.batch
+        print(
+            f"| {name} | {flops / 1e9:.2f} | {rate:.0f} | {achieved / 1e9:.1f} | "
+            f"{achieved / peaks[torch.float32]:.0%} | {achieved / peaks[torch.bfloat16]:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
