@@ -191,6 +191,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_runs):
     one, two = (json.loads((two_runs[k] / "run.json").read_text()) for k in ("one", "two"))
     assert two["distributed"] == {"world_size": 2, "backend": "gloo", "sync_batchnorm": False}
     assert "distributed" not in one
+    assert one["command"].startswith(f"dlzoo train {RECIPE} --runs-dir") and "--nproc" not in one["command"]
+    assert two["command"].startswith(f"dlzoo train {RECIPE} --runs-dir") and two["command"].endswith(
+        "--nproc 2"
+    )
     ones, twos = final_weights(two_runs["one"]), final_weights(two_runs["two"])
     assert set(ones) == set(twos)
     for name in ones:  # 120 steps apart only by the order of floating-point sums

@@ -240,3 +240,13 @@ def test_command_line_is_what_the_user_typed(monkeypatch):
     assert command_line() == "dlzoo train r"
     monkeypatch.setattr(sys, "argv", ["examples/train.py", "--fast"])
     assert command_line() == "python examples/train.py --fast"
+
+
+def test_command_line_of_a_data_parallel_process_names_its_launch(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/x/src/dlzoo/__main__.py", "train", "r"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert command_line() == "dlzoo train r --nproc 2"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert command_line() == "torchrun --nnodes 2 --nproc-per-node 4 -m dlzoo train r"

@@ -358,6 +358,7 @@ def run_info(exp: Experiment) -> dict[str, Any]:
         "recipe": exp.cfg.recipe,
         "status": "running",
         "started": runinfo.now(),
+        "command": runinfo.command_line(),
         "dlzoo_version": runinfo.version(),
         "git_revision": runinfo.git_revision(),
         "seed": exp.cfg.train.seed,

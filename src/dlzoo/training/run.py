@@ -60,10 +60,18 @@ def peak_rss_mib() -> float:
 
 def command_line() -> str:
     """The command that started this process, as it would be typed again: ``dlzoo train ...`` for
-    the command line (also ``python -m dlzoo``), else ``python SCRIPT ...`` (the Python API)."""
+    the command line (also ``python -m dlzoo``; ``dlzoo train ... --nproc N`` for a data-parallel
+    run on one machine, ``torchrun --nnodes M --nproc-per-node N -m dlzoo ...`` on several),
+    else ``python SCRIPT ...`` (the Python API)."""
     program, *arguments = sys.argv or [""]
     path = Path(program)
     if path.name == "dlzoo" or (path.parent.name == "dlzoo" and path.name in ("__main__.py", "cli.py")):
+        world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if world > 1 and world == local:
+            return shlex.join(["dlzoo", *arguments, "--nproc", str(world)])
+        if world > 1:
+            launcher = ["torchrun", "--nnodes", str(world // local), "--nproc-per-node", str(local), "-m"]
+            return shlex.join([*launcher, "dlzoo", *arguments])
         return shlex.join(["dlzoo", *arguments])
     return shlex.join(["python", program, *arguments]) if program else "python (interactive)"
 
