@@ -169,6 +169,13 @@ def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):
     ]
 
 
+def test_measured_rows_show_the_recipes_current_source_and_reason(runs, tmp_path):
+    recipe = tmp_path / "tiny-digits.toml"
+    recipe.write_text(TINY.replace('"about 90%"', '"100% (made up)"\nshortfall = "one epoch only"'))
+    markdown = build_results(runs["runs_dir"], [str(recipe)]).markdown
+    assert "100% (made up)" in markdown and ": one epoch only |" in markdown
+
+
 def test_record_writes_the_measured_numbers_into_the_recipe_and_keeps_the_rest(runs, tmp_path):
     recipe = tmp_path / "tiny-digits.toml"
     recipe.write_text("# a comment that stays\n" + TINY.replace("[meta]", "[meta]\nresult = 0.1  # stale"))

@@ -31,6 +31,7 @@ where the run folders are not (a fresh clone): no number is copied by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -202,6 +203,7 @@ def recipe_rows(
         if overrides and not with_overrides:
             excluded.append(f"{folder}: not the recipe as written ({', '.join(overrides)})")
             continue
+        cfg = dataclasses.replace(cfg, meta=recipe.meta)  # the evidence as the recipe states it now
         row = rows.setdefault(tuple(overrides), ResultRow(cfg, recipe_file, differences=overrides))
         row.runs = [run for run in row.runs if run.seed != cfg.train.seed]
         row.runs.append(measured_run(folder, cfg, overrides))
