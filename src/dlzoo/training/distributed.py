@@ -225,7 +225,4 @@ def wrap(model: nn.Module, ctx: Distributed, device: torch.device) -> nn.Module:
     """``model`` in DDP (which broadcasts rank 0's weights and buffers to every process now)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    trainable = any(p.requires_grad for p in model.parameters())
-    if not trainable:
-        raise ValueError("every parameter is frozen: there is nothing for data-parallel training to train")
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
