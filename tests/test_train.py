@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(ClassifyTask, "compute_loss", loss_that_explodes_in_epoch_two)
     with pytest.raises(
-        TrainingError, match=r"epoch 2, step 5: the training loss became nan.*last good checkpoint"
+        TrainingError, match=r"in epoch 2: the training loss became nan at step 5;.*last good checkpoint"
     ):
         dlzoo.train(
             "iris-softmax", ["train.epochs=5", "log.tensorboard=false"], runs_dir=str(tmp_path), quiet=True
@@ -316,3 +316,43 @@ def test_compile_trains_the_same_model_through_torch_compile(tmp_path, monkeypat
     for before, after in zip(eager.history, fast.history):
         assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-3)
     assert abs(fast.test["test_accuracy"] - eager.test["test_accuracy"]) <= 2 / 359
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_the_host_reads_the_step_metrics_only_every_sync_every_steps(tmp_path, monkeypatch, sync_every):
+    """On a GPU a read of a device tensor (item, tolist, float, bool) waits for its queue; the
+    training loop reads the step metrics once per train.sync_every steps, never per step."""
+    import dlzoo.training.loop as loop
+
+    counting, reads, steps = [False], [0], [0]
+    for method in ("item", "tolist", "__float__", "__bool__", "__int__", "numpy"):
+        real = getattr(torch.Tensor, method)
+
+        def counted(self, *args, real=real, **kwargs):
+            reads[0] += counting[0]
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    real_epoch, real_step = loop.train_one_epoch, loop.Task.train_step
+
+    def epoch(*args, **kwargs):
+        counting[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            counting[0] = False
+
+    def step(self, x, y):
+        steps[0] += 1
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(loop, "train_one_epoch", epoch)
+    monkeypatch.setattr(loop.Task, "train_step", step)
+    dlzoo.train(
+        "digits-lenet5",
+        ["train.epochs=1", f"train.sync_every={sync_every}", "optim.name=sgd", "schedule.name=constant",
+         "log.tensorboard=false"],
+        runs_dir=str(tmp_path), quiet=True,
+    )  # fmt: skip
+    assert steps[0] > 8
+    assert reads[0] == -(-steps[0] // sync_every)  # one read per sync_every steps, one for the rest

@@ -294,6 +294,10 @@ class TrainConfig:
     """CPU threads for torch's intra-op parallelism (0 = torch's default, one per core)."""
     sync_batchnorm: bool = False
     """Data-parallel runs: batch-norm statistics over the global batch, not each process's part."""
+    sync_every: int = 0
+    """Steps between host reads of the step metrics (progress bar, non-finite loss check, stop
+    requests in data-parallel runs); 0 = every step on the CPU, where a read costs nothing, and
+    every 50 on a GPU, whose steps then never wait for the host."""
     compile: bool = False
     """torch.compile the training step's model (inductor): a compile pause up front, faster steps
     where it pays (larger models, GPUs); evaluation runs the plain model."""
@@ -318,7 +322,14 @@ class TrainConfig:
         _check_choice("train.test_checkpoint", self.test_checkpoint, ("best", "last"))
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        for name in ("max_steps", "early_stopping_patience", "threads", "keep_every", "keep_limit"):
+        for name in (
+            "max_steps",
+            "early_stopping_patience",
+            "threads",
+            "sync_every",
+            "keep_every",
+            "keep_limit",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 

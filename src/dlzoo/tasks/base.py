@@ -2,8 +2,11 @@
 
 A task owns the model, its optimiser(s) and schedule(s), and says what a
 step does: ``train_step(x, y)`` computes the loss, updates the weights and
-returns ``{"loss": ..., **metrics}`` as floats; ``eval_step(x, y)`` returns the
-same without updating. The loop (``dlzoo.training.loop``) owns everything else:
+returns ``{"loss": ..., **metrics}`` as 0-d tensors on the model's device;
+``eval_step(x, y)`` returns the same without updating. They stay tensors so that
+a GPU step never waits for the host: the loop reads them (one copy for all of
+them) only every ``train.sync_every`` steps, and checks there that the loss is
+finite. The loop (``dlzoo.training.loop``) owns everything else:
 devices, precision, epochs, logging, checkpoints, early stopping. A task with
 two optimisers (a GAN) overrides ``configure_optimizers`` and ``train_step``,
 as a Keras ``train_step`` does.
@@ -24,7 +27,7 @@ from dlzoo.training.optim import build_optimizer, build_scheduler
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the weights were not updated with it."""
+    """The loss became NaN or infinite; nothing trained after it is saved."""
 
 
 class Task:
@@ -51,37 +54,34 @@ class Task:
     def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Metrics of one batch besides the loss (accuracy, ...), as batch means."""
+    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metrics of one batch besides the loss (accuracy, ...), as batch means (0-d tensors)."""
         return {}
 
     def metric_names(self) -> list[str]:
         """Names of what ``train_step``/``eval_step`` return (the loop prefixes train_/val_/test_)."""
         return ["loss"]
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         (optimizer,) = self.optimizers
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             outputs = self.step_model(x)
             loss = self.compute_loss(outputs, y)
-        loss_value = loss.item()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the training loss became {loss_value}")
         loss.backward()
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         optimizer.step()
         for scheduler in self.schedulers:
             scheduler.step()
-        return {"loss": loss_value, **self.batch_metrics(outputs.detach(), y)}
+        return {"loss": loss.detach(), **self.batch_metrics(outputs.detach(), y)}
 
     @torch.no_grad()
-    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
             outputs = self.model(x)
             loss = self.compute_loss(outputs, y)
-        return {"loss": loss.item(), **self.batch_metrics(outputs, y)}
+        return {"loss": loss, **self.batch_metrics(outputs, y)}
 
     @property
     def lr(self) -> float:

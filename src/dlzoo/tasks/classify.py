@@ -54,10 +54,10 @@ class ClassifyTask(Task):
         top_k = [f"top{self.cfg.task.top_k}_accuracy"] if self.num_classes > self.cfg.task.top_k else []
         return ["loss", "accuracy", *top_k]
 
-    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        metrics = {"accuracy": (predicted_class(outputs) == y).float().mean().item()}
+    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        metrics = {"accuracy": (predicted_class(outputs) == y).float().mean()}
         k = self.cfg.task.top_k
         if self.num_classes > k:
             top = outputs.topk(k, dim=1).indices
-            metrics[f"top{k}_accuracy"] = (top == y[:, None]).any(dim=1).float().mean().item()
+            metrics[f"top{k}_accuracy"] = (top == y[:, None]).any(dim=1).float().mean()
         return metrics

@@ -63,11 +63,11 @@ class MultiTaskTask(Task):
     def metric_names(self) -> list[str]:
         return ["loss", "accuracy", "char_accuracy", *(f"head{i}_accuracy" for i in range(1, self.heads + 1))]
 
-    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         correct = outputs.argmax(dim=-1) == y  # (B, heads)
-        per_head = correct.float().mean(dim=0).tolist()
+        per_head = correct.float().mean(dim=0)  # (heads,)
         return {
-            "accuracy": correct.all(dim=1).float().mean().item(),
-            "char_accuracy": correct.float().mean().item(),
+            "accuracy": correct.all(dim=1).float().mean(),
+            "char_accuracy": per_head.mean(),
             **{f"head{i}_accuracy": value for i, value in enumerate(per_head, start=1)},
         }

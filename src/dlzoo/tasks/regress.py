@@ -17,5 +17,5 @@ class RegressTask(Task):
     def metric_names(self) -> list[str]:
         return ["loss", "mae"]
 
-    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return {"mae": (outputs.float() - y.float().reshape(outputs.shape)).abs().mean().item()}
+    def batch_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mae": (outputs.float() - y.float().reshape(outputs.shape)).abs().mean()}

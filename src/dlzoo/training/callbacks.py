@@ -116,11 +116,14 @@ class ProgressBar:
             "", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, rate=0.0
         )
 
-    def advance(self, batch_size: int, loss: float) -> None:
+    def advance(self, batch_size: int, loss: float | None = None) -> None:
+        """One more batch; ``loss`` (the running loss) when the host has read it, else the bar
+        keeps showing the last one."""
         self.seen += batch_size
         if self.progress is not None:
             rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task_id, advance=1, loss=loss, rate=rate)
+            shown = {} if loss is None else {"loss": loss}
+            self.progress.update(self.task_id, advance=1, rate=rate, **shown)
 
     def end_epoch(self) -> float:
         """Stop the bar; returns the epoch's training throughput in samples/s."""

@@ -20,7 +20,8 @@ loop then works like this (``dlzoo.training.loop``):
   RNG state, gathered), plots, and it alone measures the test split at the end.
 - Resume: rank 0 reads the checkpoint and broadcasts the training state; DDP broadcasts
   rank 0's weights when it wraps the model. Ctrl-C on any process stops all of them at the
-  same batch (the stop request is all-reduced each step).
+  same batch (the stop request is all-reduced where the host reads the step metrics, each
+  step on the CPU).
 
 Backends: gloo on the CPU, NCCL on CUDA GPUs (one GPU a process, ``cuda:LOCAL_RANK``).
 ``torch.nn.SyncBatchNorm`` runs on GPUs only; on the CPU ``SyncBatchNormCPU`` below does the

@@ -130,6 +130,54 @@ def prepare_batch(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+ACCELERATOR_SYNC_EVERY = 50
+
+
+def sync_interval(sync_every: int, device: torch.device) -> int:
+    """Steps between host reads of the step metrics: ``train.sync_every``, or by default every
+    step on the CPU (a read costs nothing there) and every 50 on an accelerator (a read waits
+    until its queue of kernels has run)."""
+    if sync_every:
+        return sync_every
+    return 1 if device.type == "cpu" else ACCELERATOR_SYNC_EVERY
+
+
+class StepSums:
+    """Example-weighted sums of step metrics since the host last read them. They stay on the
+    device, so adding a step's metrics queues two kernels and never waits for them."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.examples = 0
+
+    def add(self, metrics: dict[str, torch.Tensor], examples: int) -> None:
+        for name, value in metrics.items():
+            weighted = value.detach().float() * examples
+            self.sums[name] = self.sums[name] + weighted if name in self.sums else weighted
+        self.examples += examples
+
+    def read(self) -> dict[str, float]:
+        """The sums on the host (one copy for all of them, the only wait), and ``seen``, the
+        examples they cover; empties them."""
+        names = list(self.sums)
+        values = torch.stack([self.sums[name] for name in names]).tolist() if names else []
+        read = {**dict(zip(names, values)), "seen": float(self.examples)}
+        self.sums, self.examples = {}, 0
+        return read
+
+
+def read_step_sums(pending: StepSums, totals: dict[str, float], after_step: int, step: int) -> float:
+    """Adds the pending sums of steps ``after_step + 1 .. step`` to ``totals`` and returns their
+    mean loss; a NaN or infinite loss in any of them stops training before anything is saved."""
+    sums = pending.read()
+    if not np.isfinite(sums["loss"]):
+        steps = f"step {step}" if step == after_step + 1 else f"one of steps {after_step + 1}-{step}"
+        raise NonFiniteLossError(f"the training loss became {sums['loss']} at {steps}")
+    for name, value in sums.items():
+        totals[name] += value
+    return sums["loss"] / sums["seen"]
+
+
 class GracefulStop:
     """Ctrl-C and SIGTERM ask the loop to stop at the next batch boundary, where the state is
     consistent (weights, optimiser and counters all after the same step) and can be saved.
@@ -176,18 +224,24 @@ def train_one_epoch(
     # after a mid-epoch stop, state.partial holds every process's sums: rank 0 carries them on
     totals: dict[str, float] = defaultdict(float, state.partial if loader.rank == 0 else {})
     progress.start_epoch(state.epoch + 1, cfg.train.epochs, len(loader) - state.batch)
+    every = sync_interval(cfg.train.sync_every, loader.device)
+    pending, read_at = StepSums(), state.step  # the step metrics since the host last read them
     for x, y in loader:
-        if stop is not None and stop.should_stop():  # the batches done so far, for a mid-epoch checkpoint
+        # a stop is taken where the host has read every step (every step on the CPU), so that
+        # the batches done so far are in `totals`, for a mid-epoch checkpoint
+        if stop is not None and state.step == read_at and stop.should_stop():
             state.partial = sum_over_processes(totals, loader.world_size)
             raise KeyboardInterrupt
-        metrics = task.train_step(prepare_batch(x, channels_last), y)
+        pending.add(task.train_step(prepare_batch(x, channels_last), y), len(y))
         state.step += 1
         state.batch += 1
-        totals["seen"] += len(y)
-        for name, value in metrics.items():
-            totals[name] += value * len(y)
-        progress.advance(len(y), metrics["loss"])
-        if cfg.train.max_steps and state.step >= cfg.train.max_steps:
+        out_of_steps = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
+        loss = None
+        if state.step % every == 0 or state.batch == len(loader) or out_of_steps:
+            loss = read_step_sums(pending, totals, read_at, state.step)
+            read_at = state.step
+        progress.advance(len(y), loss)
+        if out_of_steps:
             break
     samples_per_second = sum_over_processes({"samples": progress.end_epoch()}, loader.world_size)["samples"]
     totals = sum_over_processes(totals, loader.world_size)  # data-parallel: every process's examples
@@ -204,11 +258,10 @@ def evaluate(
     """Example-weighted means of the task's eval metrics over a whole split (over every
     process's part of it, for a sharded loader)."""
     task.model.eval()
-    totals: dict[str, float] = defaultdict(float)
+    sums = StepSums()
     for x, y in loader:
-        for name, value in task.eval_step(prepare_batch(x, channels_last), y).items():
-            totals[name] += value * len(y)
-        totals["seen"] += len(y)
+        sums.add(task.eval_step(prepare_batch(x, channels_last), y), len(y))
+    totals: dict[str, float] = defaultdict(float, sums.read())  # the one wait for the device
     if loader.world_size > 1:  # a process with no part of the split still adds its zeros
         names = [*task.metric_names(), "seen"]
         totals = sum_over_processes({name: totals[name] for name in names}, loader.world_size)
@@ -572,7 +625,7 @@ def train(
         write_info()
         kept = f"the last good checkpoint is {checkpoints / 'last'} (epoch {state.epoch})"
         raise TrainingError(
-            f"training stopped at epoch {state.epoch + 1}, step {state.step + 1}: {error}; "
+            f"training stopped in epoch {state.epoch + 1}: {error}; "
             f"{kept if state.epoch else 'no checkpoint was written'}. "
             "Try a lower optim.lr or set optim.grad_clip"
         ) from None

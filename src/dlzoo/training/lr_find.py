@@ -36,7 +36,6 @@ from matplotlib.ticker import NullFormatter
 from dlzoo.config import RunConfig
 from dlzoo.data.loader import BatchLoader
 from dlzoo.report.plots import plt, save_figure
-from dlzoo.tasks import NonFiniteLossError
 from dlzoo.training import run as runinfo
 from dlzoo.training.finetune import set_train_mode
 from dlzoo.training.loop import Experiment, build_experiment, prepare_batch
@@ -78,10 +77,9 @@ def range_test(exp: Experiment, start: float, end: float, steps: int) -> tuple[l
         for group, multiplier in zip(groups, multipliers, strict=True):
             group["lr"] = lr * multiplier
         x, y = next(batches)
-        try:
-            loss = exp.task.train_step(prepare_batch(x, exp.channels_last), y)["loss"]
-        except NonFiniteLossError as error:
-            return rows, f"stopped at lr {lr:.3g}: {error}"
+        loss = float(exp.task.train_step(prepare_batch(x, exp.channels_last), y)["loss"])
+        if not math.isfinite(loss):
+            return rows, f"stopped at lr {lr:.3g}: the training loss became {loss}"
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
         smoothed = average / (1 - SMOOTHING ** (step + 1))  # bias-corrected, as Adam's moments
         rows.append({"step": step, "lr": lr, "loss": loss, "smoothed_loss": smoothed})
