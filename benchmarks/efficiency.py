@@ -2,6 +2,7 @@
 measured matrix-multiply peak, in float32 and bfloat16.
 
     .venv/bin/python benchmarks/efficiency.py [--models cbapd,resnet18] [--steps 10]
+        [--write docs/benchmarks.md]
 
 - **Peak**: the best of several timed square matrix multiplies (``--matmul-size``, 2048 by
   default) with all ``--threads``, in float32 and in bfloat16: what the BLAS / oneDNN
@@ -18,14 +19,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
-from throughput import MODELS, benchmark_images, run_dlzoo  # benchmarks/ is on the path as a script
+from throughput import (  # benchmarks/ is on the path as a script
+    MODELS,
+    SPEED_RECIPE_MODELS,
+    benchmark_images,
+    machine,
+    run_dlzoo,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from dlzoo.models import create_model
+from dlzoo.report.results import replace_between_markers
+
+ALL_MODELS = {**MODELS, **SPEED_RECIPE_MODELS}
 
 
 def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -43,7 +54,7 @@ def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
 
 def step_flops(name: str, batch: int) -> int:
     """FLOPs of one forward + backward pass of model ``name`` on a batch of CIFAR-sized images."""
-    model_name, settings = MODELS[name]
+    model_name, settings = ALL_MODELS[name]
     model = create_model(model_name, 10, (3, 32, 32), **settings)
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.cross_entropy(
@@ -54,33 +65,47 @@ def step_flops(name: str, batch: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(ALL_MODELS), help="from: " + ", ".join(ALL_MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--write", metavar="FILE", help="replace the efficiency section of FILE")
     args = parser.parse_args()
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r}; choose from {', '.join(ALL_MODELS)}")
     args.eager_workers = 0
     torch.set_num_threads(args.threads)
     peaks = {dtype: matmul_peak(dtype, args.matmul_size) for dtype in (torch.float32, torch.bfloat16)}
     fp32, bf16 = (peaks[dtype] / 1e9 for dtype in (torch.float32, torch.bfloat16))
-    print(
-        f"matmul peak ({args.matmul_size}^2, {args.threads} threads): "
-        f"{fp32:.1f} GFLOP/s float32, {bf16:.1f} bfloat16"
-    )
     x, y, _ = benchmark_images(Path(args.data_dir))
-    print("| model | GFLOP a step | img/s | achieved GFLOP/s | of the float32 peak | of the bfloat16 peak |")
-    print("|---|---|---|---|---|---|")
-    for name in args.models.split(","):
+    lines = [
+        "| model | GFLOP a step | img/s | achieved GFLOP/s | of the float32 peak | of the bfloat16 peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
         flops = step_flops(name, args.batch)
         rate = run_dlzoo(name, x, y, args, channels_last=True)["images_per_second"]
         achieved = flops * rate / args.batch
-        print(
+        lines.append(
             f"| {name} | {flops / 1e9:.2f} | {rate:.0f} | {achieved / 1e9:.1f} | "
             f"{achieved / peaks[torch.float32]:.0%} | {achieved / peaks[torch.bfloat16]:.0%} |"
         )
+        print(lines[-1])
+    command = "python benchmarks/efficiency.py " + " ".join(sys.argv[1:])
+    report = (
+        f"Machine: {machine()}. Matmul peak ({args.matmul_size}^2, {args.threads} threads): "
+        f"{fp32:.1f} GFLOP/s float32, {bf16:.1f} GFLOP/s bfloat16. Batch {args.batch}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps, float32, channels-last.\n"
+        f"Command: `{command.strip()}`\n\n" + "\n".join(lines) + "\n"
+    )
+    print(report)
+    if args.write:
+        replace_between_markers(Path(args.write), report, "efficiency")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from dlzoo.data.core import Split
 from dlzoo.data.loader import BatchLoader, Normalizer
 from dlzoo.models import create_model
 from dlzoo.registry import TASKS
+from dlzoo.report.results import replace_between_markers
 from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +65,8 @@ MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "resnet18": ("resnet18", {"stem": "cifar"}),
     "keras_cifar10_cnn": ("keras_cifar10_cnn", {}),
 }
+SPEED_RECIPE_MODELS: dict[str, tuple[str, dict[str, object]]] = {"airbench": ("airbench", {})}
+"""Models timed by dlzoo alone (efficiency.py): the fast CIFAR-10 recipe's network."""
 NUM_IMAGES = 4096
 """Images held for the benchmark (enough for warm-up and timed steps without reuse at batch 128)."""
 
@@ -101,7 +104,7 @@ def endless(make_epoch):
 
 
 def run_dlzoo(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace, channels_last: bool) -> dict:
-    model_name, settings = MODELS[name]
+    model_name, settings = {**MODELS, **SPEED_RECIPE_MODELS}[name]
     torch.manual_seed(0)
     model = create_model(model_name, 10, (3, 32, 32), **settings)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -136,7 +139,7 @@ class PILImages(Dataset):
 
 
 def run_eager(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
-    model_name, settings = MODELS[name]
+    model_name, settings = {**MODELS, **SPEED_RECIPE_MODELS}[name]
     torch.manual_seed(0)
     model = create_model(model_name, 10, (3, 32, 32), **settings)
     mean = (x.reshape(-1, 3).mean(0) / 255).tolist()
@@ -253,7 +256,7 @@ def main() -> None:
     parser.add_argument("--no-keras", action="store_true", help="skip Keras (no TensorFlow install)")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument(
-        "--write", metavar="FILE", help="write the table and the machine into FILE (markdown)"
+        "--write", metavar="FILE", help="replace the throughput section of FILE (markdown) with the table"
     )
     args = parser.parse_args()
     names = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -294,7 +297,7 @@ def main() -> None:
     )
     print(report)
     if args.write:
-        Path(args.write).write_text("# Benchmarks\n\n## Training throughput\n\n" + report)
+        replace_between_markers(Path(args.write), report, "throughput")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,12 @@ from dlzoo.recipes import load_recipe, recipe_names, recipe_path
 from dlzoo.training.resume import _flatten
 from dlzoo.training.run import read_json
 
-MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+def markers(section: str) -> tuple[str, str]:
+    """The comments around a generated ``section`` of a markdown file."""
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+MARKERS = markers("results")
 SAME_RECIPE_KEYS = (
     "train.seed",
     "train.threads",
@@ -362,9 +367,9 @@ def render_markdown(rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-def replace_between_markers(path: Path, text: str) -> None:
-    """Put ``text`` between the results markers of ``path``; nothing outside them changes."""
-    start, end = MARKERS
+def replace_between_markers(path: Path, text: str, section: str = "results") -> None:
+    """Put ``text`` between the ``section`` markers of ``path``; nothing outside them changes."""
+    start, end = markers(section)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --write needs a markdown file with {start} and {end}")
     content = path.read_text()
