@@ -100,3 +100,17 @@ def test_keras_cifar10_cnn_layer_order() -> None:
     ]
     rates = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
     assert rates == [0.25, 0.25, 0.5]
+
+
+def test_a_batch_norm_stack_entry_puts_batch_norm_between_a_biasless_conv_and_the_activation() -> None:
+    model = create_model("mnist_fast", 10, (1, 28, 28))
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == [
+        *["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"],
+        *["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"],
+        *["Conv2d", "BatchNorm2d", "ReLU", "Flatten"],
+    ]
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == [16, 32, 64]
+    assert all(conv.bias is None and conv.padding == (0, 0) for conv in convs)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -146,7 +146,7 @@ def test_absolute_paths_in_the_data_cell_become_relative(tmp_path, monkeypatch):
     assert relative_paths("scikit-learn's digits, 1/5 held out") == "scikit-learn's digits, 1/5 held out"
 
 
-def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):
+def test_vs_source_says_beats_matches_or_below_with_the_recipes_reason(tmp_path):
     (tmp_path / "runs").mkdir()
     files = {}
     for name, meta in (
@@ -154,18 +154,20 @@ def test_vs_source_says_beats_or_below_with_the_recipes_reason(tmp_path):
         ("below", 'result = 0.9123\nsource_result = "93.03%, 164 epochs"\nshortfall = "3 epochs, not 164"'),
         ("silent", 'result = 0.9123\nsource_result = "93%"'),
         ("no-number", 'result = 0.9123\nsource_result = "not stated"'),
+        ("equal", 'result = 0.995\nsource_result = "99.5%"'),
     ):
         files[name] = tmp_path / f"{name}.toml"
         files[name].write_text(
             TINY.replace('source_result = "about 90%"', "").replace("[meta]", f"[meta]\n{meta}")
         )
     table = build_results(tmp_path / "runs", [str(path) for path in files.values()])
-    last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:6]]
+    last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:7]]
     assert last == [
         "beats (+2.73)",
         "below (-1.80): 3 epochs, not 164",
         "below (-1.77): no reason recorded in the recipe",
         "-",
+        "matches (+0.00)",
     ]
 
 

@@ -47,6 +47,7 @@ from dlzoo.recipes import load_recipe, recipe_names, recipe_path
 from dlzoo.training.resume import _flatten
 from dlzoo.training.run import read_json
 
+
 def markers(section: str) -> tuple[str, str]:
     """The comments around a generated ``section`` of a markdown file."""
     return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
@@ -290,13 +291,17 @@ def source_percent(source_result: str) -> float | None:
 
 
 def versus_source(accuracy: float | None, cfg: RunConfig) -> str:
-    """``beats (+4.21)`` / ``below (-3.10): why`` in percentage points, ``-`` when either is missing."""
+    """``beats (+4.21)`` / ``matches (+0.00)`` / ``below (-3.10): why`` in percentage points (the
+    shown two decimals decide), ``-`` when either is missing."""
     source = source_percent(cfg.meta.source_result)
     if accuracy is None or source is None:
         return "-"
-    points = f"{(accuracy - source) * 100:+.2f}"
-    if accuracy >= source:
+    difference = round((accuracy - source) * 100, 2) + 0.0  # + 0.0: no "-0.00"
+    points = f"{difference:+.2f}"
+    if difference > 0:
         return f"beats ({points})"
+    if difference == 0:
+        return f"matches ({points})"
     return f"below ({points}): {cfg.meta.shortfall or 'no reason recorded in the recipe'}"
 
 
