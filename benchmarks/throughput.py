@@ -15,8 +15,10 @@ one after another on this machine:
   ``DataLoader`` (``--eager-workers`` worker processes, 2 as in the PyTorch tutorial).
 - **keras**: ``benchmarks/keras_models.py`` in its own virtual environment
   (``benchmarks/.venv-keras``, made on first use with tensorflow-cpu and keras), tf.data for
-  the input, timed with each of its settings (plain, XLA ``jit_compile``, the
-  ``mixed_bfloat16`` policy) and credited with its best.
+  the input, timed with each of its settings (plain, XLA ``jit_compile``, and the
+  ``mixed_bfloat16`` policy where the CPU computes bfloat16 natively; on a CPU without it,
+  such as an AVX2-only one, bfloat16 is emulated and only slower, and
+  ``--keras-settings plain,xla,mixed_bfloat16`` times it anyway) and credited with its best.
 
 Images/s is steady state: ``--warmup`` steps are run and dropped, then ``--steps`` timed.
 The ratio columns are dlzoo's images/s over the others', measured in the same run. Data:
@@ -179,6 +181,12 @@ def keras_python() -> Path:
     return python
 
 
+def default_keras_settings() -> str:
+    """plain and xla, plus mixed_bfloat16 where oneDNN has native bfloat16 (AVX-512 BF16 or AMX)."""
+    native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "plain,xla,mixed_bfloat16" if native_bf16 else "plain,xla"
+
+
 def run_keras(names: list[str], data: Path, args: argparse.Namespace) -> dict[str, dict]:
     command = [
         str(keras_python()),
@@ -195,6 +203,8 @@ def run_keras(names: list[str], data: Path, args: argparse.Namespace) -> dict[st
         str(args.steps),
         "--threads",
         str(args.threads),
+        "--settings",
+        args.keras_settings,
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -254,6 +264,12 @@ def main() -> None:
     )
     parser.add_argument("--eager-workers", type=int, default=2, help="DataLoader workers of the eager loop")
     parser.add_argument("--no-keras", action="store_true", help="skip Keras (no TensorFlow install)")
+    parser.add_argument(
+        "--keras-settings",
+        default=default_keras_settings(),
+        help="Keras settings to time, best one credited (default plain,xla, and mixed_bfloat16 "
+        "where the CPU computes bfloat16 natively: elsewhere it is emulated and only slower)",
+    )
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument(
         "--write", metavar="FILE", help="replace the throughput section of FILE (markdown) with the table"
@@ -289,7 +305,7 @@ def main() -> None:
                 )
     markdown = table(results, keras)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    versions = f"; {keras['_versions']}" if keras else ""
+    versions = f"; {keras['_versions']}; Keras settings timed: {args.keras_settings}" if keras else ""
     report = (
         f"Machine: {machine()}{versions}. Batch {args.batch}, {args.threads} threads, "
         f"{args.warmup} warm-up + {args.steps} timed steps, {source}.\n"
