@@ -21,7 +21,8 @@ one after another on this machine:
   ``--keras-settings plain,xla,mixed_bfloat16`` times it anyway) and credited with its best.
 
 Images/s is steady state: ``--warmup`` steps are run and dropped, then ``--steps`` timed.
-The ratio columns are dlzoo's images/s over the others', measured in the same run. Data:
+The ratio columns are dlzoo's images/s (the better of its two memory formats, both one
+setting away) over the others', measured in the same run. Data:
 the CIFAR-10 JPEG copy in ../shared/data when it is there (through dlzoo's cache), random
 images otherwise; throughput does not depend on which.
 """
@@ -234,7 +235,14 @@ def machine() -> str:
 
 
 def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
-    header = ["model", "parameters", "dlzoo img/s", "dlzoo (NCHW)", "eager img/s", "keras img/s (setting)"]
+    header = [
+        "model",
+        "parameters",
+        "dlzoo img/s (channels-last)",
+        "dlzoo img/s (NCHW)",
+        "eager img/s",
+        "keras img/s (setting)",
+    ]
     header += ["dlzoo / keras", "dlzoo / eager"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
