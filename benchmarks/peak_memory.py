@@ -8,7 +8,7 @@ its peak is its own: the imported libraries (torch's CUDA build alone is about 5
 resident memory), the data set loaded in memory, the model, the optimiser state, the
 activations of a training step and of the validation and test passes that end every run.
 The number is the ``peak_rss_mib`` that ``run.json`` records. A full run can peak a few
-hundred MiB higher than the short one (the allocator's pools grow over epochs), so the
+hundred MiB higher than the short one (why is not pinned down yet), so the
 table also shows the recipe's full run from ``--runs-dir`` when there is one, and the goal
 is judged on the larger of the two. Memory does not depend on how busy the machine is, so
 this benchmark may run beside others.
