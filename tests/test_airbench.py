@@ -115,6 +115,13 @@ def tiny_airbench(dataset: str, runs_dir: str) -> RunConfig:
     )
 
 
+def test_the_experiment_keeps_one_copy_of_the_training_images(tiny_images, tmp_path) -> None:
+    exp = build_experiment(tiny_airbench(tiny_images, str(tmp_path)))
+    # the bundle's training split is the loader's (48 of 64 images after validation), not all 64 again
+    assert exp.bundle.train.x.data_ptr() == exp.loaders.train.x.data_ptr()
+    assert len(exp.bundle.train) == exp.loaders.train.num_examples == 48
+
+
 def test_the_loop_fits_the_whitening_to_the_first_normalised_training_images(tiny_images, tmp_path) -> None:
     cfg = tiny_airbench(tiny_images, str(tmp_path))
     exp = build_experiment(cfg)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from dlzoo.config import AugmentConfig
+from dlzoo.data import loader
 from dlzoo.data.core import DataBundle, Split
-from dlzoo.data.loader import BatchLoader, Normalizer, select_classes, split_train_val
+from dlzoo.data.loader import BatchLoader, Normalizer, resize_images, select_classes, split_train_val
 
 
 def image_split(n: int = 100, num_classes: int = 4, seed: int = 0, size: int = 8) -> Split:
@@ -113,6 +114,19 @@ def bundle() -> DataBundle:
     names = ["zero", "one", "two", "three", "four"]
     train, test = image_split(n=50, num_classes=5), image_split(n=25, num_classes=5, seed=1)
     return DataBundle(train, test, names, "test")
+
+
+def test_resize_images_in_chunks_equals_resizing_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.transforms.v2.functional import resize
+
+    monkeypatch.setattr(loader, "RESIZE_CHUNK", 3)  # 7 training images: chunks of 3, 3 and 1
+    train, test = image_split(n=7, size=8), image_split(n=2, seed=1, size=8)
+    bundle = DataBundle(train, test, ["a", "b", "c", "d"], "test")
+    resized = resize_images(bundle, 12)
+    for before, after in ((bundle.train, resized.train), (bundle.test, resized.test)):
+        assert after.x.dtype == torch.uint8 and after.x.shape == (len(before), 3, 12, 12)
+        assert torch.equal(after.x, resize(before.x, [12, 12], antialias=True))
+        assert torch.equal(after.y, before.y)
 
 
 def test_select_classes_keeps_and_relabels_in_the_given_order() -> None:

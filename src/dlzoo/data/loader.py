@@ -185,6 +185,10 @@ def split_train_val(split: Split, val_fraction: float, seed: int) -> tuple[Split
     return _take(split, train_index.sort().values), _take(split, val_index.sort().values)
 
 
+RESIZE_CHUNK = 4096
+"""Images resized at a time by :func:`resize_images` (bounds its float working copy)."""
+
+
 def resize_images(bundle: DataBundle, size: int) -> DataBundle:
     """Both splits' images resized to ``size`` x ``size`` (bilinear, antialiased, still uint8)."""
     if not bundle.train.is_image:
@@ -192,8 +196,11 @@ def resize_images(bundle: DataBundle, size: int) -> DataBundle:
     from torchvision.transforms.v2.functional import resize
 
     def scaled(split: Split) -> Split:
-        chunks = [resize(part, [size, size], antialias=True) for part in split.x.split(4096)]
-        return Split(torch.cat(chunks) if chunks else split.x, split.y)
+        out = split.x.new_empty((len(split), *split.x.shape[1:-2], size, size))
+        for start in range(0, len(split), RESIZE_CHUNK):  # filled in place: no second full-size copy
+            rows = slice(start, start + RESIZE_CHUNK)
+            out[rows] = resize(split.x[rows], [size, size], antialias=True)
+        return Split(out, split.y)
 
     return dataclasses.replace(bundle, train=scaled(bundle.train), test=scaled(bundle.test))
 

@@ -142,7 +142,7 @@ class Airbench(Classifier):
         if self.training or not self.tta:
             return super().forward(x)
         logits = super().forward(torch.cat([x, x.flip(3)]))  # (2B, classes): images, then mirrors
-        return logits.view(2, len(x), -1).mean(0)
+        return logits.view(2, x.shape[0], -1).mean(0)
 
 
 @MODELS.register("airbench", min_size=16)  # 2x2 conv and three pools: 16 -> 15 -> 7 -> 3 -> 1

@@ -1,0 +1,114 @@
+"""Channels-last against NCHW, per recipe: which memory format trains each conv recipe faster here.
+
+    .venv/bin/python benchmarks/memory_format.py [--recipes cifar10-vgg,...] [--threads 2]
+        [--steps 10] [--write docs/benchmarks.md]
+
+For each recipe with a convolution, the experiment is built twice as ``dlzoo train`` builds it
+(its data, batch size, augmentation, model, optimiser and bf16 setting), once with
+``train.channels_last=off`` and once with ``on``, and ``--steps`` training steps are timed after
+``--warmup`` dropped ones. The table gives images per second in each format, their ratio, the
+format the recipe asks for and whether that is the faster one. Which format wins depends on the
+layers (depthwise and small-channel convolutions often lose in channels-last on a CPU, wide 3x3
+convolutions win), the CPU and the thread count, so the recipes' settings come from this table
+on the machine that made their results, and a user of another machine reruns it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from throughput import machine  # benchmarks/ is on the path as a script
+from torch import nn
+
+from dlzoo.recipes import list_recipes, load_recipe
+from dlzoo.report.results import replace_between_markers
+from dlzoo.training.loop import build_experiment, prepare_batch
+
+
+def images_per_second(recipe: str, channels_last: bool, args: argparse.Namespace) -> tuple[float, bool]:
+    """(training images per second of ``recipe`` in one format, whether its model has a conv)."""
+    overrides = [
+        f"train.channels_last={'on' if channels_last else 'off'}",
+        f"train.threads={args.threads}",
+        f"data.data_dir={args.data_dir}",
+    ]
+    exp = build_experiment(load_recipe(recipe, overrides))
+    if not any(isinstance(m, nn.Conv2d) for m in exp.model.modules()):
+        return 0.0, False
+    exp.model.train()
+    batches = iter(exp.loaders.train)
+    seen, start = 0, 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            seen, start = 0, time.perf_counter()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(exp.loaders.train)
+            x, y = next(batches)
+        metrics = exp.task.train_step(prepare_batch(x, exp.channels_last), y)
+        float(metrics["loss"])  # wait for the step to finish (a no-op on the CPU)
+        seen += len(x)
+    return seen / (time.perf_counter() - start), True
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | model | batch | NCHW img/s | channels-last img/s | channels-last / NCHW | recipe asks "
+        "| faster |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        faster = "channels-last" if row["last"] > row["nchw"] else "NCHW"
+        asks = row["asks"]
+        agrees = {"on": faster == "channels-last", "off": faster == "NCHW", "auto": faster == "NCHW"}[asks]
+        lines.append(
+            f"| {row['recipe']} | {row['model']} | {row['batch']} | {row['nchw']:.0f} | {row['last']:.0f} | "
+            f"{row['last'] / row['nchw']:.2f}x | {asks} | {faster}{'' if agrees else ' (recipe differs)'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipes", help="comma-separated recipe names (default: every conv recipe)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--write", metavar="FILE", help="replace the memory-format section of FILE")
+    args = parser.parse_args()
+    recipes = args.recipes.split(",") if args.recipes else [cfg.recipe for cfg in list_recipes()]
+    rows = []
+    for recipe in recipes:
+        nchw, has_conv = images_per_second(recipe, False, args)
+        if not has_conv:
+            continue
+        last, _ = images_per_second(recipe, True, args)
+        cfg = load_recipe(recipe)
+        rows.append(
+            {"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, "nchw": nchw,
+             "last": last, "asks": cfg.train.channels_last}
+        )  # fmt: skip
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    command = "python benchmarks/memory_format.py " + " ".join(
+        part for part in (f"--recipes {args.recipes}" if args.recipes else "", f"--threads {args.threads}",
+                          f"--steps {args.steps}") if part
+    )  # fmt: skip
+    report = (
+        f"Machine: {machine()}; {args.threads} threads, "
+        f"{args.warmup} warm-up + {args.steps} timed training steps per format, the recipe's own batch, "
+        f"data and augmentation.\nCommand: `{command} --write docs/benchmarks.md`\n\n{table(rows)}"
+    )
+    print(report)
+    if args.write:
+        replace_between_markers(Path(args.write), report, section="memory-format")
+
+
+if __name__ == "__main__":
+    main()
