@@ -12,7 +12,7 @@ from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle, Split
 from dlzoo.models import create_model
 from dlzoo.models.airbench import PatchWhitening
-from dlzoo.registry import DATASETS
+from dlzoo.registry import DATASETS, TASKS
 from dlzoo.training.loop import build_experiment
 
 
@@ -74,6 +74,32 @@ def test_tta_averages_the_image_and_its_mirror_in_eval_mode_only() -> None:
     model.tta = False
     torch.manual_seed(1)
     torch.testing.assert_close(training, model(x), atol=0, rtol=0)  # train mode: no TTA
+
+
+def test_convs_start_as_identity_and_batch_norms_learn_only_their_shift_at_64x() -> None:
+    model = create_model("airbench", 10, (3, 32, 32), width_mult=0.25)
+    conv = model.features[2][4]  # group 1's second conv: 16 -> 16 channels
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(conv(x), x)  # dirac: its 16 filters pass the 16 channels through
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6
+    assert not any(model.get_parameter(f"{name}.weight").requires_grad for name in norms)
+    assert model.lr_multipliers() == {f"{name}.bias": 64.0 for name in norms}
+
+    cfg = RunConfig.from_dict(
+        {"model": {"name": "airbench"}, "optim": {"name": "nesterov", "lr": 0.1, "weight_decay": 1e-3}}
+    )
+    task = TASKS.get("classify")(model, cfg, 10)
+    task.configure_optimizers(10, 100)
+    plain, biases = task.optimizers[0].param_groups
+    assert (plain["lr"], plain["weight_decay"]) == (0.1, 1e-3)
+    assert biases["lr"] == pytest.approx(6.4) and biases["weight_decay"] == pytest.approx(1e-3 / 64)
+    assert {id(p) for p in biases["params"]} == {id(model.get_parameter(f"{n}.bias")) for n in norms}
+    task.train_step(torch.randn(4, 3, 32, 32), torch.arange(4))
+    assert all(
+        torch.equal(model.get_parameter(f"{name}.weight"), torch.ones(16 if i < 2 else 64))
+        for i, name in enumerate(norms)
+    )
 
 
 def test_width_mult_scales_the_conv_groups() -> None:

@@ -224,6 +224,24 @@ def test_onecycle_peaks_at_max_lr_after_pct_start() -> None:
     assert default_peak == pytest.approx(10 * BASE_LR)
 
 
+@pytest.mark.parametrize("name", ["onecycle", "cyclic"])
+def test_a_parameter_group_at_k_times_the_lr_keeps_that_share_of_max_lr(name: str) -> None:
+    groups = [
+        {"params": [nn.Parameter(torch.zeros(1))]},
+        {"params": [nn.Parameter(torch.zeros(1))], "lr": 64 * BASE_LR},
+    ]
+    optimizer = build_optimizer(groups, OptimConfig(name="momentum", lr=BASE_LR))
+    cfg = ScheduleConfig(name=name, max_lr=1.0, min_lr=0.001 if name == "cyclic" else 0.0, cycle_epochs=2)
+    scheduler = build_scheduler(optimizer, cfg, 10, 100)
+    peaks = [0.0, 0.0]
+    for _ in range(100):
+        optimizer.step()
+        scheduler.step()
+        peaks = [max(peak, group["lr"]) for peak, group in zip(peaks, optimizer.param_groups, strict=True)]
+    assert peaks[0] == pytest.approx(1.0, rel=1e-3)
+    assert peaks[1] == pytest.approx(64.0, rel=1e-3)  # not max_lr for every group
+
+
 def test_onecycle_cycles_momentum_only_where_the_optimiser_has_one() -> None:
     plain, _ = make_scheduled(ScheduleConfig(name="onecycle"), 4, 20, optimizer_name="sgd")
     assert plain.param_groups[0]["momentum"] == 0

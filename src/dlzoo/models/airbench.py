@@ -8,17 +8,18 @@ in about 3.5 seconds on an A100), written from its description.
   training loop calls ``fit_to_data`` with the first 5,000 normalised training images; the
   filters are a buffer (saved with the weights), the bias is learned.
 - Three conv groups of 64, 256, 256 channels (scaled by ``width_mult``), each conv 3x3 ->
-  max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (convs without bias: BN has one).
+  max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU. The convs have no bias and start with
+  their first filters as the identity (dirac initialisation); the batch norms keep their scale
+  at 1 and learn only their shift, at 64x the learning rate (``lr_multipliers``).
 - Global max-pool, then a linear head without bias whose logits are multiplied by 1/9.
 - Test-time augmentation: in eval mode the logits are the mean of those of the image and
   of its mirror image (``model.tta = False`` turns it off). airbench94 also averages
   1-pixel translations; this version does not.
 
-Differences from airbench94: batch-norm weights are learned (airbench fixes them at 1), the
-whitening bias is learned for the whole run (airbench: the first 3 epochs), and there is no
-per-group learning rate or weight averaging. The training side (label smoothing 0.2,
-alternating flip, 2-pixel reflect-padded crops, Nesterov SGD, a one-cycle schedule) is the
-recipe ``cifar10-airbench``.
+Differences from airbench94: the whitening bias is learned for the whole run (airbench: the
+first 3 epochs), and there is no weight averaging (lookahead). The training side (label
+smoothing 0.2, alternating flip, 2-pixel reflect-padded crops, Nesterov SGD, a one-cycle
+schedule) is the recipe ``cifar10-airbench``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ WHITENING_EPS = 5e-4
 """Added to each eigenvalue before the square root, so near-constant directions are not blown up."""
 BN_MOMENTUM = 0.4
 """Batch-norm running-statistics momentum (torch's convention; airbench's 0.6 in its own)."""
+BN_BIAS_LR_MULT = 64.0
+"""Learning-rate factor of the batch-norm shifts (airbench's bias_scaler)."""
 HEAD_SCALE = 1 / 9
 """Fixed factor on the logits (airbench's scaling_factor)."""
 FIT_CHUNK = 256
@@ -99,15 +102,31 @@ class Scale(nn.Module):
         return f"factor={self.factor:.4g}"
 
 
+def dirac_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """3x3 conv without bias whose first ``in_channels`` filters start as the identity (each
+    passes one input channel through); the others keep torch's default initialisation."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:in_channels])
+    return conv
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    """Batch norm whose scale stays 1 (not trained; airbench's choice): only the shift learns."""
+    norm = nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
 def conv_group(in_channels: int, out_channels: int) -> nn.Sequential:
     """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        dirac_conv(in_channels, out_channels),
         nn.MaxPool2d(2),
-        nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
+        batch_norm(out_channels),
         nn.GELU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
+        dirac_conv(out_channels, out_channels),
+        batch_norm(out_channels),
         nn.GELU(),
     )
 
@@ -127,6 +146,15 @@ class Airbench(Classifier):
     @property
     def whiten(self) -> PatchWhitening:
         return self.features[0]
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """The batch-norm shifts learn at ``BN_BIAS_LR_MULT`` x the lr (the training loop's
+        parameter groups read this)."""
+        return {
+            f"{name}.bias": BN_BIAS_LR_MULT
+            for name, module in self.named_modules()
+            if isinstance(module, nn.BatchNorm2d)
+        }
 
     def fit_to_data(self, x: Tensor) -> None:
         """Fit the whitening filters to normalised training images ``x`` (N, C, H, W)."""

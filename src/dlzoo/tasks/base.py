@@ -46,8 +46,9 @@ class Task:
 
     def configure_optimizers(self, steps_per_epoch: int, total_steps: int) -> None:
         """Build the optimiser(s) and schedule(s) from the config."""
-        groups = parameter_groups(self.model, self.cfg.model.features_lr_mult, self.cfg.optim.lr)
-        optimizer = build_optimizer(groups, self.cfg.optim)
+        optim = self.cfg.optim
+        groups = parameter_groups(self.model, self.cfg.model.features_lr_mult, optim.lr, optim.weight_decay)
+        optimizer = build_optimizer(groups, optim)
         self.optimizers = [optimizer]
         self.schedulers = [build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, total_steps)]
 

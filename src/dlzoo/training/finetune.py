@@ -15,7 +15,8 @@ every family:
   parameters get no gradient, and batch-norm layers whose parameters are all frozen
   stay in eval mode, so their running statistics do not move either.
 - ``model.features_lr_mult`` scales the learning rate of trainable feature
-  parameters (discriminative fine-tuning); the head keeps ``optim.lr``.
+  parameters (discriminative fine-tuning); the head keeps ``optim.lr``. A model's own
+  ``lr_multipliers()`` scale further (see ``parameter_groups``).
 """
 
 from __future__ import annotations
@@ -123,20 +124,41 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
-def parameter_groups(model: nn.Module, features_lr_mult: float, lr: float) -> list[dict[str, Any]]:
-    """Trainable parameters as optimiser groups: features at ``lr * features_lr_mult``, the rest at ``lr``."""
+def parameter_groups(
+    model: nn.Module, features_lr_mult: float, lr: float, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """Trainable parameters as optimiser groups: features at ``lr * features_lr_mult``, the rest at ``lr``.
+
+    A model may also scale the lr of some of its parameters itself: ``model.lr_multipliers()``
+    returns ``{parameter name: factor}`` (airbench's 64x lr on batch-norm biases). Such a group
+    gets ``weight_decay / factor``, so that its decay per step (lr x weight decay in torch's
+    coupled decay) stays that of the others. Groups keep the order of ``model.parameters()``.
+    """
     backbone = backbone_names(model)
-    feature_ids = {id(p) for name, p in model.named_parameters() if name in backbone}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    own = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
+    unknown = set(own) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(
+            f"lr_multipliers names {sorted(unknown)[0]!r}, which is not a parameter of the model"
+        )
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (features_lr_mult if name in backbone else 1.0, own.get(name, 1.0))
+            groups.setdefault(key, []).append(param)
+    if not groups:
         raise ValueError("model.freeze froze every parameter: nothing is left to train")
-    in_features = [p for p in trainable if id(p) in feature_ids]
-    rest = [p for p in trainable if id(p) not in feature_ids]
-    if features_lr_mult == 1.0 or not in_features:
-        return [{"params": trainable}]
-    return [
-        g for g in ({"params": in_features, "lr": lr * features_lr_mult}, {"params": rest}) if g["params"]
-    ]
+    if list(groups) == [(1.0, 1.0)]:
+        return [{"params": groups[(1.0, 1.0)]}]
+    result = []
+    for (features, factor), params in groups.items():
+        group: dict[str, Any] = {"params": params}
+        if features * factor != 1.0:
+            group["lr"] = lr * features * factor
+        if factor != 1.0:
+            group["weight_decay"] = weight_decay / factor
+        result.append(group)
+    return result
 
 
 def unchanged(model: nn.Module, names: list[str], weights_file: str) -> bool:

@@ -415,7 +415,11 @@ def cosine_schedule(
 
 
 def _peak_lrs(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig) -> list[float]:
-    return [cfg.max_lr or 10 * base_lr for base_lr in _base_lrs(optimizer)]
+    """Each group's peak: 10x its base lr, or ``cfg.max_lr`` scaled by the group's share of the
+    optimiser's lr (a group at 0.1x ``optim.lr`` peaks at 0.1x ``max_lr``)."""
+    if not cfg.max_lr:
+        return [10 * base_lr for base_lr in _base_lrs(optimizer)]
+    return [cfg.max_lr * base_lr / optimizer.defaults["lr"] for base_lr in _base_lrs(optimizer)]
 
 
 def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
@@ -431,7 +435,8 @@ def onecycle_schedule(
     """Smith's 1cycle policy (torch's OneCycleLR): from ``max_lr / 25`` up to ``max_lr`` over the
     first ``pct_start`` of ``total_steps``, then a cosine down to ``max_lr / 2.5e5``.
 
-    ``max_lr`` is ``cfg.max_lr``, or 10x the base lr when it is 0. Where the optimiser has a
+    ``max_lr`` is ``cfg.max_lr`` (for a parameter group at k x ``optim.lr``, k x ``cfg.max_lr``),
+    or 10x the base lr when it is 0. Where the optimiser has a
     momentum (SGD's momentum > 0, Adam's beta1) it is cycled the other way, 0.95 -> 0.85 -> 0.95,
     as the policy prescribes; this replaces ``optim.momentum`` / ``optim.betas[0]`` during the run.
     OneCycleLR raises if stepped more than ``total_steps`` times.
@@ -455,11 +460,13 @@ def cyclic_schedule(
     repeats.
 
     Bottom: ``cfg.min_lr``, or the base lr when it is 0. Top: ``cfg.max_lr``, or 10x the base lr
-    when it is 0. Momentum is left alone (the 2017 method cycles only the lr), which also makes
-    the schedule work for optimisers without momentum, such as Adagrad.
+    when it is 0. A parameter group at k x ``optim.lr`` cycles between k x those. Momentum is
+    left alone (the 2017 method cycles only the lr), which also makes the schedule work for
+    optimisers without momentum, such as Adagrad.
     """
     _reject_warmup(cfg)
-    bottoms = [cfg.min_lr or base_lr for base_lr in _base_lrs(optimizer)]
+    share = [base_lr / optimizer.defaults["lr"] for base_lr in _base_lrs(optimizer)]  # of optim.lr
+    bottoms = [cfg.min_lr * k or base_lr for k, base_lr in zip(share, _base_lrs(optimizer), strict=True)]
     tops = _peak_lrs(optimizer, cfg)
     if any(top <= bottom for bottom, top in zip(bottoms, tops, strict=True)):
         raise ValueError(
