@@ -307,3 +307,55 @@ def test_unknown_schedule_suggests_the_closest_name() -> None:
     optimizer = build_optimizer([param], OptimConfig(name="sgd"))
     with pytest.raises(ValueError, match="Did you mean 'cosine'"):
         build_scheduler(optimizer, ScheduleConfig(name="cosin"), 4, 20)
+
+
+# --- lookahead ------------------------------------------------------------------------------------
+
+
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_every_k_steps() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(
+        [param], OptimConfig(name="sgd", lr=1.0, lookahead_steps=2, lookahead_alpha=0.5)
+    )
+    seen = []
+    for _ in range(4):  # the gradient is always 1, so each plain step moves the weight by -1
+        optimizer.zero_grad()
+        param.sum().backward()
+        optimizer.step()
+        seen.append(param.item())
+    # step 1: -1 (the slow weights start here); step 2: fast -2, synced to -1 + 0.5 * (-2 + 1) = -1.5;
+    # step 3: -2.5; step 4: fast -3.5, synced to -1.5 + 0.5 * (-3.5 + 1.5) = -2.5
+    assert seen == [-1.0, -1.5, -2.5, -2.5]
+
+
+@pytest.mark.parametrize("name", ["nesterov", "adam", "scratch_adam"])
+def test_lookahead_resumes_from_the_optimiser_state_dict_exactly(name: str) -> None:
+    cfg = OptimConfig(name=name, lr=0.05, lookahead_steps=3, lookahead_alpha=0.4)
+    x, y = make_data()
+    whole = make_model()
+    whole_opt = build_optimizer(whole.parameters(), cfg)
+    train(whole, whole_opt, x, y, steps=8)
+
+    first = make_model()
+    first_opt = build_optimizer(first.parameters(), cfg)
+    train(first, first_opt, x, y, steps=4)  # stops between two syncs
+    saved = copy.deepcopy(first_opt.state_dict())
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    resumed = make_model()
+    resumed.load_state_dict(first.state_dict())
+    resumed_opt = build_optimizer(resumed.parameters(), cfg)
+    resumed_opt.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    train(resumed, resumed_opt, x, y, steps=4)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    plain = make_model()
+    train(plain, build_optimizer(plain.parameters(), OptimConfig(name=name, lr=0.05)), x, y, steps=8)
+    assert not all(torch.equal(a, b) for a, b in zip(whole.parameters(), plain.parameters(), strict=True))
+
+
+def test_lookahead_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"optim.lookahead_alpha must be in \(0, 1\], got 1.5"):
+        OptimConfig(lookahead_alpha=1.5)
+    with pytest.raises(ValueError, match=r"optim.lookahead_steps must be >= 0 \(0 = off\), got -1"):
+        OptimConfig(lookahead_steps=-1)

@@ -223,10 +223,19 @@ class OptimConfig:
     """L2 penalty (decoupled for adamw)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0 = off)."""
+    lookahead_steps: int = 0
+    """Lookahead (Zhang et al. 2019) around the optimiser: every this many steps the slow weights
+    move ``lookahead_alpha`` of the way to the trained ones, which restart from them (0 = off)."""
+    lookahead_alpha: float = 0.5
+    """How far the slow weights move at each lookahead sync, in (0, 1]."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lookahead_steps < 0:
+            raise ValueError(f"optim.lookahead_steps must be >= 0 (0 = off), got {self.lookahead_steps}")
+        if not 0 < self.lookahead_alpha <= 1:
+            raise ValueError(f"optim.lookahead_alpha must be in (0, 1], got {self.lookahead_alpha}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         for name in ("weight_decay", "grad_clip", "momentum", "eps"):

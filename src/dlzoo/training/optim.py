@@ -290,8 +290,44 @@ def scratch_adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.name`` over ``params``; an unknown name raises ``ValueError``."""
-    return OPTIMIZERS.get(cfg.name)(params, cfg)
+    """The optimiser ``cfg.name`` over ``params`` (with lookahead if ``cfg.lookahead_steps``);
+    an unknown name raises ``ValueError``."""
+    optimizer = OPTIMIZERS.get(cfg.name)(params, cfg)
+    if cfg.lookahead_steps:
+        add_lookahead(optimizer, cfg.lookahead_steps, cfg.lookahead_alpha)
+    return optimizer
+
+
+LOOKAHEAD_SLOW = "lookahead_slow"
+"""Key of a parameter's slow weights in the optimiser's state."""
+LOOKAHEAD_COUNT = "lookahead_count"
+"""Key of the steps taken, kept in each parameter group."""
+
+
+def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float) -> None:
+    """Lookahead (Zhang et al. 2019) around ``optimizer``: it trains the "fast" weights as usual,
+    and every ``steps`` steps the slow weights move ``alpha`` of the way towards them and the
+    fast weights restart from there: ``slow += alpha * (fast - slow); fast = slow``. The slow
+    weights start at the weights after the first step.
+
+    The slow weights live in ``optimizer.state`` and the step count in each parameter group, so
+    the optimiser's ``state_dict()`` carries them and a resumed run continues exactly.
+    """
+
+    @torch.no_grad()
+    def after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in opt.param_groups:
+            group[LOOKAHEAD_COUNT] = count = group.get(LOOKAHEAD_COUNT, 0) + 1
+            for param in group["params"]:
+                state = opt.state[param]
+                if LOOKAHEAD_SLOW not in state:
+                    state[LOOKAHEAD_SLOW] = param.detach().clone()
+                elif count % steps == 0:
+                    slow = state[LOOKAHEAD_SLOW]
+                    slow.lerp_(param, alpha)
+                    param.copy_(slow)
+
+    optimizer.register_step_post_hook(after_step)
 
 
 # ---------------------------------------------------------------------------
