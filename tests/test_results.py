@@ -110,7 +110,7 @@ def test_recorded_commands_win_and_the_newest_run_of_a_seed_counts(runs, tmp_pat
     assert any("not finished (running)" in note for note in table.excluded)
 
 
-def test_threads_and_memory_format_do_not_make_another_recipe_but_epochs_do(runs, tmp_path):
+def test_threads_memory_format_and_eval_batch_do_not_make_another_recipe_but_epochs_do(runs, tmp_path):
     runs_dir = tmp_path / "runs"
     shutil.copytree(runs["runs_dir"], runs_dir)
     seed_1 = runs_dir / "tiny-digits" / runs["measured"][1].run_dir.name
@@ -118,6 +118,7 @@ def test_threads_and_memory_format_do_not_make_another_recipe_but_epochs_do(runs
         copy = copy_run(seed_1, name, test={"test_accuracy": 0.8})
         config = json.loads((copy / "config.json").read_text())
         config["train"].update({key: value, "channels_last": "on"})
+        config["data"]["eval_batch_size"] += 1
         (copy / "config.json").write_text(json.dumps(config))
     table = build_results(runs_dir, [runs["recipe"]])
     (row,) = table.rows

@@ -3,8 +3,9 @@ runs that produced it (``dlzoo results``).
 
 Which runs count: the finished runs under ``<runs_dir>/<recipe>/`` whose config equals the
 recipe's config apart from the seed, where files live, how verbose the run was and how many
-threads and which memory format it computed with (``train.seed``, ``data.data_dir``,
-``data.download``, ``log.*``, ``train.threads``, ``train.channels_last``; ``[meta]`` is the
+threads, which memory format and which evaluation batch size it computed with (``train.seed``,
+``data.data_dir``, ``data.download``, ``log.*``, ``train.threads``, ``train.channels_last``,
+``data.eval_batch_size``: none changes what is learned; ``[meta]`` is the
 recipe's evidence and may be updated after the runs). Of several such runs with the same seed,
 the newest counts. A run with any other difference (``--epochs 1``, ``--set optim.lr=...``) is
 not the recipe as written: it is left out and named in ``ResultsTable.excluded`` with the keys
@@ -58,6 +59,7 @@ SAME_RECIPE_KEYS = (
     "train.seed",
     "train.threads",
     "train.channels_last",
+    "data.eval_batch_size",
     "data.data_dir",
     "data.download",
     "log.",
