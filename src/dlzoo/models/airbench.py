@@ -17,7 +17,8 @@ in about 3.5 seconds on an A100), written from its description.
   1-pixel translations; this version does not.
 
 Differences from airbench94: the whitening bias is learned for the whole run (airbench: the
-first 3 epochs), and there is no weight averaging (lookahead). The training side (label
+first 3 epochs), and there is no weight averaging (Zhang et al.'s lookahead,
+``optim.lookahead_steps``, made a short run worse: docs/benchmarks.md). The training side (label
 smoothing 0.2, alternating flip, 2-pixel reflect-padded crops, Nesterov SGD, a one-cycle
 schedule) is the recipe ``cifar10-airbench``.
 """
