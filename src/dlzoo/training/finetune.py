@@ -132,7 +132,8 @@ def parameter_groups(
     A model may also scale the lr of some of its parameters itself: ``model.lr_multipliers()``
     returns ``{parameter name: factor}`` (airbench's 64x lr on batch-norm biases). Such a group
     gets ``weight_decay / factor``, so that its decay per step (lr x weight decay in torch's
-    coupled decay) stays that of the others. Groups keep the order of ``model.parameters()``.
+    coupled decay) stays that of the others. Groups come in the order of their first parameter
+    in ``model.parameters()``, and so do the parameters within a group.
     """
     backbone = backbone_names(model)
     own = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
