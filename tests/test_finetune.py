@@ -95,6 +95,13 @@ def test_features_lr_mult_makes_two_parameter_groups():
     assert not model.features[0].weight.requires_grad and model.features[3].weight.requires_grad
 
 
+def test_lr_multipliers_naming_no_parameter_is_a_clear_error(monkeypatch):
+    model = create_model("lenet5", 10, (1, 8, 8))
+    monkeypatch.setattr(model, "lr_multipliers", lambda: {"features.0.bais": 2.0}, raising=False)
+    with pytest.raises(ValueError, match="lr_multipliers names 'features.0.bais', which is not a parameter"):
+        parameter_groups(model, features_lr_mult=1.0, lr=0.01)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -149,8 +149,6 @@ def parameter_groups(
             groups.setdefault(key, []).append(param)
     if not groups:
         raise ValueError("model.freeze froze every parameter: nothing is left to train")
-    if list(groups) == [(1.0, 1.0)]:
-        return [{"params": groups[(1.0, 1.0)]}]
     result = []
     for (features, factor), params in groups.items():
         group: dict[str, Any] = {"params": params}

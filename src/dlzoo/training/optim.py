@@ -318,6 +318,8 @@ def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float) ->
     def after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
             group[LOOKAHEAD_COUNT] = count = group.get(LOOKAHEAD_COUNT, 0) + 1
+            if count > 1 and count % steps:
+                continue  # neither the first step nor a sync: nothing to touch
             for param in group["params"]:
                 state = opt.state[param]
                 if LOOKAHEAD_SLOW not in state:
