@@ -11,8 +11,10 @@ measured matrix-multiply peak, in float32 and bfloat16.
   ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies and convolutions, 2 FLOPs
   a multiply-add; element-wise work is not counted, as is usual).
 - **Achieved**: FLOPs per step x steps/s on dlzoo's training path (``throughput.run_dlzoo``,
-  channels-last, float32), as a fraction of the float32 and of the bfloat16 peak (a CPU
-  without native bfloat16, such as this AVX2 one, has a bfloat16 peak below its float32 one).
+  the faster of channels-last and NCHW), in float32 as a fraction of the float32 peak and, where
+  the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), under bfloat16 autocast as a fraction
+  of the bfloat16 peak. An AVX2-only CPU emulates bfloat16 far below its float32 peak: there
+  the bfloat16 columns are left out and dlzoo trains in float32.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from throughput import (  # benchmarks/ is on the path as a script
     SPEED_RECIPE_MODELS,
     benchmark_images,
     machine,
+    native_bf16,
     run_dlzoo,
 )
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,24 +86,31 @@ def main() -> None:
     peaks = {dtype: matmul_peak(dtype, args.matmul_size) for dtype in (torch.float32, torch.bfloat16)}
     fp32, bf16 = (peaks[dtype] / 1e9 for dtype in (torch.float32, torch.bfloat16))
     x, y, _ = benchmark_images(Path(args.data_dir))
-    lines = [
-        "| model | GFLOP a step | img/s | achieved GFLOP/s | of the float32 peak | of the bfloat16 peak |",
-        "|---|---|---|---|---|---|",
-    ]
+    precisions = [torch.float32, torch.bfloat16] if native_bf16() else [torch.float32]
+    header = ["model", "GFLOP a step"]
+    for dtype in precisions:
+        kind = str(dtype).removeprefix("torch.")
+        header += [f"{kind} img/s (format)", f"{kind} GFLOP/s", f"of the {kind} peak"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         flops = step_flops(name, args.batch)
-        rate = run_dlzoo(name, x, y, args, channels_last=True)["images_per_second"]
-        achieved = flops * rate / args.batch
-        lines.append(
-            f"| {name} | {flops / 1e9:.2f} | {rate:.0f} | {achieved / 1e9:.1f} | "
-            f"{achieved / peaks[torch.float32]:.0%} | {achieved / peaks[torch.bfloat16]:.0%} |"
-        )
+        cells = [name, f"{flops / 1e9:.2f}"]
+        for dtype in precisions:
+            rates = {
+                label: run_dlzoo(name, x, y, args, last, dtype == torch.bfloat16)["images_per_second"]
+                for label, last in (("channels-last", True), ("NCHW", False))
+            }
+            layout, rate = max(rates.items(), key=lambda item: item[1])
+            achieved = flops * rate / args.batch
+            cells += [f"{rate:.0f} ({layout})", f"{achieved / 1e9:.1f}", f"{achieved / peaks[dtype]:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
         print(lines[-1])
     command = "python benchmarks/efficiency.py " + " ".join(sys.argv[1:])
     report = (
         f"Machine: {machine()}. Matmul peak ({args.matmul_size}^2, {args.threads} threads): "
         f"{fp32:.1f} GFLOP/s float32, {bf16:.1f} GFLOP/s bfloat16. Batch {args.batch}, "
-        f"{args.warmup} warm-up + {args.steps} timed steps, float32, channels-last.\n"
+        f"{args.warmup} warm-up + {args.steps} timed steps"
+        f"{'' if native_bf16() else '; no native bfloat16, so float32 only'}.\n"
         f"Command: `{command.strip()}`\n\n" + "\n".join(lines) + "\n"
     )
     print(report)

@@ -8,8 +8,10 @@ horizontal flip and per-channel standardisation), the same batch size and SGD wi
 one after another on this machine:
 
 - **dlzoo**: ``dlzoo.create_model`` + the classify task's ``train_step`` fed by dlzoo's
-  in-memory ``BatchLoader`` (the whole batch flipped and normalised with tensor ops),
-  channels-last (``dlzoo (NCHW)`` is the same with the default memory format).
+  in-memory ``BatchLoader`` (the whole batch flipped and normalised with tensor ops), timed in
+  each setting a recipe can choose with one override: channels-last and NCHW, each in float32
+  and, where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX; ``--dlzoo-bf16``), under
+  bfloat16 autocast as ``dlzoo train`` runs by default there. Credited with its best, like Keras.
 - **eager**: the notes' plain PyTorch loop, the same ``nn.Module`` in NCHW float32, images
   as PIL through ``torchvision.transforms`` (RandomHorizontalFlip, ToTensor, Normalize) in a
   ``DataLoader`` (``--eager-workers`` worker processes, 2 as in the PyTorch tutorial).
@@ -21,8 +23,8 @@ one after another on this machine:
   ``--keras-settings plain,xla,mixed_bfloat16`` times it anyway) and credited with its best.
 
 Images/s is steady state: ``--warmup`` steps are run and dropped, then ``--steps`` timed.
-The ratio columns are dlzoo's images/s (the better of its two memory formats, both one
-setting away) over the others', measured in the same run. Data:
+The ratio columns are dlzoo's images/s (its best setting; the float32 column shows what it
+reaches without bfloat16) over the others', measured in the same run. Data:
 the CIFAR-10 JPEG copy in ../shared/data when it is there (through dlzoo's cache), random
 images otherwise; throughput does not depend on which.
 """
@@ -53,6 +55,7 @@ from dlzoo.models import create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.results import replace_between_markers
 from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
+from dlzoo.training.run import cpu_name
 
 HERE = Path(__file__).resolve().parent
 KERAS_VENV = HERE / ".venv-keras"
@@ -106,7 +109,10 @@ def endless(make_epoch):
         yield from make_epoch()
 
 
-def run_dlzoo(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace, channels_last: bool) -> dict:
+def run_dlzoo(
+    name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace, channels_last: bool, bf16: bool = False
+) -> dict:
+    """Images/s of dlzoo's training step in one memory format and precision (as ``train.bf16=on``)."""
     model_name, settings = {**MODELS, **SPEED_RECIPE_MODELS}[name]
     torch.manual_seed(0)
     model = create_model(model_name, 10, (3, 32, 32), **settings)
@@ -115,6 +121,8 @@ def run_dlzoo(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace,
     cfg = RunConfig.from_dict({"model": {"name": model_name}, "optim": {"name": "momentum", "lr": 0.01}})
     task = TASKS.get("classify")(model, cfg, 10)
     task.configure_optimizers(NUM_IMAGES // args.batch, 10**6)
+    if bf16:
+        task.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     split = Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y))
     loader = BatchLoader(
         split, args.batch, Normalizer.fit(split.x, "standard"), shuffle=True, augment=AugmentConfig(flip=True)
@@ -184,8 +192,7 @@ def keras_python() -> Path:
 
 def default_keras_settings() -> str:
     """plain and xla, plus mixed_bfloat16 where oneDNN has native bfloat16 (AVX-512 BF16 or AMX)."""
-    native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return "plain,xla,mixed_bfloat16" if native_bf16 else "plain,xla"
+    return "plain,xla,mixed_bfloat16" if native_bf16() else "plain,xla"
 
 
 def run_keras(names: list[str], data: Path, args: argparse.Namespace) -> dict[str, dict]:
@@ -216,45 +223,55 @@ def run_keras(names: list[str], data: Path, args: argparse.Namespace) -> dict[st
 
 
 def machine() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor() or "?",
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
     return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}"
+        f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
     )
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively here (AVX-512 BF16 or AMX), as ``train.bf16=auto`` asks."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def dlzoo_settings(bf16: str) -> list[tuple[str, bool, bool]]:
+    """(label, channels_last, bf16) of every dlzoo setting to time; bf16 ``auto``: where native."""
+    precisions = {"on": [False, True], "off": [False], "auto": [False, True] if native_bf16() else [False]}[
+        bf16
+    ]
+    return [
+        (f"{'channels-last' if last else 'NCHW'}{', bf16' if half else ''}", last, half)
+        for half in precisions
+        for last in (True, False)
+    ]
+
+
+def best(rates: dict[str, float], float32_only: bool = False) -> tuple[str, float]:
+    """The fastest (setting, images/s) of ``rates``, or of its float32 settings."""
+    return max(((k, v) for k, v in rates.items() if not (float32_only and "bf16" in k)), key=lambda kv: kv[1])
 
 
 def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
     header = [
         "model",
         "parameters",
-        "dlzoo img/s (channels-last)",
-        "dlzoo img/s (NCHW)",
+        "dlzoo img/s (best setting)",
+        "dlzoo float32 img/s (format)",
         "eager img/s",
         "keras img/s (setting)",
+        "dlzoo / keras",
+        "dlzoo / eager",
     ]
-    header += ["dlzoo / keras", "dlzoo / eager"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
-        ours = max(result["dlzoo"]["images_per_second"], result["dlzoo_nchw"]["images_per_second"])
+        (setting, ours), (fp32_format, fp32) = best(result["dlzoo"]), best(result["dlzoo"], float32_only=True)
         eager = result["eager"]["images_per_second"]
         theirs = keras.get(name) if keras else None
         keras_cell = f"{theirs['images_per_second']:.0f} ({theirs['setting']})" if theirs else "-"
         versus_keras = f"{ours / theirs['images_per_second']:.2f}x" if theirs else "-"
         lines.append(
-            f"| {name} | {result['dlzoo']['parameters']:,} | {result['dlzoo']['images_per_second']:.0f} | "
-            f"{result['dlzoo_nchw']['images_per_second']:.0f} | {eager:.0f} | {keras_cell} | "
-            f"{versus_keras} | {ours / eager:.2f}x |"
+            f"| {name} | {result['parameters']:,} | {ours:.0f} ({setting}) | {fp32:.0f} ({fp32_format}) | "
+            f"{eager:.0f} | {keras_cell} | {versus_keras} | {ours / eager:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -272,6 +289,12 @@ def main() -> None:
     )
     parser.add_argument("--eager-workers", type=int, default=2, help="DataLoader workers of the eager loop")
     parser.add_argument("--no-keras", action="store_true", help="skip Keras (no TensorFlow install)")
+    parser.add_argument(
+        "--dlzoo-bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time dlzoo under bfloat16 autocast: auto (where the CPU computes it natively), on, off",
+    )
     parser.add_argument(
         "--keras-settings",
         default=default_keras_settings(),
@@ -293,23 +316,24 @@ def main() -> None:
     np.savez(data, x=x, y=y)
     results: dict[str, dict] = {}
     for name in names:
+        runs = {
+            label: run_dlzoo(name, x, y, args, last, half)
+            for label, last, half in dlzoo_settings(args.dlzoo_bf16)
+        }
         results[name] = {
-            "dlzoo": run_dlzoo(name, x, y, args, channels_last=True),
-            "dlzoo_nchw": run_dlzoo(name, x, y, args, channels_last=False),
+            "dlzoo": {label: run["images_per_second"] for label, run in runs.items()},
+            "parameters": next(iter(runs.values()))["parameters"],
             "eager": run_eager(name, x, y, args),
         }
-        print(
-            f"{name}: "
-            + ", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in results[name].items()),
-            file=sys.stderr,
-        )
+        rates = {**results[name]["dlzoo"], "eager": results[name]["eager"]["images_per_second"]}
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()), file=sys.stderr)
     keras = None if args.no_keras else run_keras(names, data, args)
     if keras:
         for name in names:
-            if keras[name]["parameters"] != results[name]["dlzoo"]["parameters"]:
+            if keras[name]["parameters"] != results[name]["parameters"]:
                 raise SystemExit(
                     f"error: Keras {name} has {keras[name]['parameters']:,} parameters, dlzoo's "
-                    f"{results[name]['dlzoo']['parameters']:,}: not the same architecture"
+                    f"{results[name]['parameters']:,}: not the same architecture"
                 )
     markdown = table(results, keras)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])

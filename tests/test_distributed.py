@@ -38,6 +38,10 @@ RECIPE = "digits-lenet5"
 SETTINGS = [
     "train.epochs=3",
     "train.threads=1",
+    # float32: under bfloat16 autocast (the default where the CPU computes it natively) one and two
+    # processes, which sum in other orders, round apart at bfloat16's 3 significant digits, and
+    # their weights could not be compared to float tolerance. Resume under bf16: test_resume.py.
+    "train.bf16=off",
     "data.train_subset=1280",
     "data.batch_size=32",
     "data.augment.crop_padding=1",

@@ -11,7 +11,14 @@ import pytest
 from dlzoo.api import results, train
 from dlzoo.cli import main
 from dlzoo.recipes import load_recipe
-from dlzoo.report.results import MARKERS, build_results, relative_paths, replace_between_markers, write_meta
+from dlzoo.report.results import (
+    MARKERS,
+    build_results,
+    compute_of,
+    relative_paths,
+    replace_between_markers,
+    write_meta,
+)
 from dlzoo.training.run import command_line
 
 TINY = """
@@ -126,16 +133,35 @@ def test_threads_memory_format_and_eval_batch_do_not_make_another_recipe_but_epo
     assert any("29990101-000001" in note and "train.epochs=3" in note for note in table.excluded)
 
 
+def test_the_training_time_names_threads_instruction_set_and_precision(runs, tmp_path):
+    info = json.loads((runs["measured"][0].run_dir / "run.json").read_text())
+    capability, bf16 = info["machine"]["cpu_capability"], info["precision"]["bf16_autocast"]
+    assert capability and compute_of(info) == f"{capability}, {'bf16' if bf16 else 'float32'}"
+    assert compute_of({"machine": {"cuda_device": "NVIDIA A100"}, "precision": {"bf16_autocast": True}}) == (
+        "NVIDIA A100, bf16"
+    )
+    assert compute_of({"machine": {}, "precision": {"bf16_autocast": False}}) == "float32", (
+        "an older run.json"
+    )
+    markdown = build_results(runs["runs_dir"], [runs["recipe"]]).markdown
+    assert f"(1 thread; {compute_of(info)})" in markdown
+
+
 def test_recipes_without_runs_show_the_recorded_result_or_not_measured(tmp_path):
     recorded = tmp_path / "recorded.toml"
     recorded.write_text(
-        TINY.replace("[meta]", '[meta]\nresult = 0.9123\nresult_command = "dlzoo train recorded"')
+        TINY.replace(
+            "[meta]",
+            '[meta]\nresult = 0.9123\nresult_command = "dlzoo train recorded"\nresult_minutes = 2.5\n'
+            'result_compute = "1 thread; AVX2, float32"',
+        )
     )
     unmeasured = tmp_path / "unmeasured.toml"
     unmeasured.write_text(TINY)
     (tmp_path / "runs").mkdir()
     markdown = build_results(tmp_path / "runs", [str(recorded), str(unmeasured)]).markdown
     assert "91.23% (recorded in recipe)" in markdown and "`dlzoo train recorded`" in markdown
+    assert "| 2.5 min (1 thread; AVX2, float32) |" in markdown
     assert "| unmeasured | softmax | digits | 1 | - | not measured |" in markdown
 
 
@@ -189,6 +215,8 @@ def test_record_writes_the_measured_numbers_into_the_recipe_and_keeps_the_rest(r
     assert meta.result == round(statistics.mean(accuracies), 4) and meta.result_seeds == [0, 1]
     assert meta.result_command == "dlzoo train tiny-digits --seed N" and "359 test" in meta.result_data
     assert meta.result_minutes >= 0 and meta.source == "a tiny test recipe"
+    info = json.loads((runs["measured"][0].run_dir / "run.json").read_text())
+    assert meta.result_compute == f"1 thread; {compute_of(info)}"
     text = recipe.read_text()
     assert text.startswith("# a comment that stays\n") and "stale" not in text and "[data]" in text
     assert load_recipe(str(recipe)).data.name == "digits"

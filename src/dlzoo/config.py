@@ -297,7 +297,8 @@ class TrainConfig:
     channels_last: str = "auto"
     """Channels-last memory format for conv nets: auto (on for 4-D inputs), on, off."""
     bf16: str = "auto"
-    """bfloat16 autocast: auto (on where the device computes bf16 natively), on, off."""
+    """bfloat16 autocast of the training step: auto (on where the device computes bf16 natively),
+    on, off. Validation and test always run in float32."""
     deterministic: bool = True
     """Use deterministic kernels (bitwise-repeatable runs on CPU)."""
     threads: int = 0
@@ -383,6 +384,9 @@ class MetaConfig:
     result_minutes: float = 0.0
     """Measured time of one run on a 2-core CPU, in minutes (``dlzoo results --record`` writes the
     training time, start-up and the test left out)."""
+    result_compute: str = ""
+    """How the measured runs computed: torch threads, the CPU's instruction set (or the GPU) and the
+    precision, e.g. ``1 thread; AVX512, bf16`` (the same budget takes another time elsewhere)."""
     result_note: str = ""
     """How the measurement was taken when it differs from the default (threads, overrides...)."""
     shortfall: str = ""

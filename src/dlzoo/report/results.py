@@ -26,8 +26,12 @@ The "vs source" column compares the result with the first percentage in ``source
 ``--write FILE`` replaces only the text between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` in FILE, atomically. ``--record`` writes each measured recipe's
 numbers (``result``, ``result_command``, ``result_data``, ``result_seeds``,
-``result_minutes``) into the ``[meta]`` table of its recipe file, so the table can be rebuilt
-where the run folders are not (a fresh clone): no number is copied by hand.
+``result_minutes``, ``result_compute``) into the ``[meta]`` table of its recipe file, so the
+table can be rebuilt where the run folders are not (a fresh clone): no number is copied by hand.
+
+The training time names what computed it (threads; the CPU's instruction set or the GPU; float32
+or bf16 autocast, from ``run.json``): the same budget takes minutes on one CPU and an hour on
+another.
 """
 
 from __future__ import annotations
@@ -80,7 +84,14 @@ HEADER = (
     "vs source",
 )
 REBUILT = "†"
-RECORDED_KEYS = ("result", "result_command", "result_data", "result_seeds", "result_minutes")
+RECORDED_KEYS = (
+    "result",
+    "result_command",
+    "result_data",
+    "result_seeds",
+    "result_minutes",
+    "result_compute",
+)
 """The ``[meta]`` keys that ``--record`` writes (and replaces)."""
 
 
@@ -95,6 +106,9 @@ class MeasuredRun:
     seconds: float
     threads: int | None
     """torch's intra-op threads during training (``run.json`` machine facts)."""
+    compute: str
+    """What computed it: the GPU, or the CPU's instruction set where recorded, and the precision
+    (``AVX512, bf16``; see :func:`compute_of`)."""
     data: str
     command: str
     recorded: bool
@@ -170,6 +184,17 @@ def relative_paths(text: str) -> str:
     return re.sub(r"(?<![\w.])/[^\s,;()]+", shorter, text)
 
 
+def compute_of(info: dict[str, Any]) -> str:
+    """``AVX512, bf16`` / ``AVX2, float32`` / ``NVIDIA A100, bf16`` from a ``run.json``: the same
+    recipe trains at very different speeds (and in another precision) on another processor. Runs
+    made before dlzoo recorded the CPU's instruction set give the precision alone."""
+    machine = info.get("machine", {})
+    device = machine.get("cuda_device") or machine.get("cpu_capability")
+    bf16 = info.get("precision", {}).get("bf16_autocast")
+    precision = None if bf16 is None else "bf16" if bf16 else "float32"
+    return ", ".join(part for part in (device, precision) if part)
+
+
 def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> MeasuredRun:
     info = read_json(folder / "run.json")
     recorded = str(info.get("command", ""))
@@ -182,6 +207,7 @@ def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> Measured
         epochs=info.get("epochs_run", cfg.train.epochs),
         seconds=float(info.get("train_seconds", 0.0)),
         threads=info.get("machine", {}).get("torch_threads"),
+        compute=compute_of(info),
         data=relative_paths(f"{data.get('source', '?')}, {data.get('test', 0):,} test"),
         command=recorded if is_cli else rebuilt_command(cfg, overrides),
         recorded=is_cli,
@@ -249,10 +275,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _training_time(runs: list[MeasuredRun]) -> str:
+def _how_computed(runs: list[MeasuredRun]) -> str:
+    """``1 thread; AVX512, bf16``: the threads and the compute of ``runs``."""
     threads = _distinct([str(run.threads) for run in runs if run.threads])
+    parts = [
+        f"{threads} thread{'' if threads == '1' else 's'}" if threads else "",
+        _distinct([r.compute for r in runs]),
+    ]
+    return "; ".join(part for part in parts if part)
+
+
+def _training_time(runs: list[MeasuredRun]) -> str:
     mean = _duration(statistics.mean(run.seconds for run in runs))
-    return f"{mean} ({threads} thread{'' if threads == '1' else 's'})" if threads else mean
+    how = _how_computed(runs)
+    return f"{mean} ({how})" if how else mean
 
 
 def _accuracy(runs: list[MeasuredRun]) -> str:
@@ -339,7 +375,8 @@ def render_row(row: ResultRow) -> list[str]:
             str(cfg.train.epochs),
             " / ".join(map(str, meta.result_seeds)) or "-",
             f"{_percent(meta.result)} (recorded in recipe)",
-            f"{meta.result_minutes:g} min" if meta.result_minutes else "-",
+            (f"{meta.result_minutes:g} min" if meta.result_minutes else "-")
+            + (f" ({meta.result_compute})" if meta.result_compute else ""),
             f"`{meta.result_command}`" if meta.result_command else "-",
             source,
             reported,
@@ -439,6 +476,7 @@ def recorded_values(row: ResultRow) -> dict[str, Any] | None:
         "result_data": _distinct([run.data for run in row.runs]),
         "result_seeds": [run.seed for run in row.runs],
         "result_minutes": round(statistics.mean(run.seconds for run in row.runs) / 60, 1),
+        "result_compute": _how_computed(row.runs),
     }
 
 

@@ -79,9 +79,11 @@ class Task:
 
     @torch.no_grad()
     def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            outputs = self.model(x)
-            loss = self.compute_loss(outputs, y)
+        """Loss and metrics of one batch, always in float32 (``autocast`` speeds up training only):
+        a run's validation and test numbers are then what ``dlzoo eval``, ``predict`` and an
+        exported model compute from the same weights, on any machine, with bfloat16 or without."""
+        outputs = self.model(x)
+        loss = self.compute_loss(outputs, y)
         return {"loss": loss, **self.batch_metrics(outputs, y)}
 
     @property
