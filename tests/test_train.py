@@ -255,6 +255,10 @@ def test_bf16_autocast_and_channels_last_switch_on(tmp_path):
         result.history[-1]["train_loss"] < result.history[0]["train_loss"]
         or result.test["test_accuracy"] > 0.3
     )
+    # autocast speeds up training only: the run measured its test split in float32, as eval does
+    evaluated = dlzoo.evaluate(result.run_dir)
+    assert evaluated["accuracy"] == result.test["test_accuracy"]
+    assert evaluated["loss"] == pytest.approx(result.test["test_loss"], rel=1e-6)
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):
