@@ -55,6 +55,7 @@ from dlzoo.models import create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.results import replace_between_markers
 from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
+from dlzoo.training.loop import bf16_supported
 from dlzoo.training.run import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -230,8 +231,8 @@ def machine() -> str:
 
 
 def native_bf16() -> bool:
-    """Whether oneDNN computes bfloat16 natively here (AVX-512 BF16 or AMX), as ``train.bf16=auto`` asks."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU computes bfloat16 natively: what ``train.bf16=auto`` asks."""
+    return bf16_supported(torch.device("cpu"))
 
 
 def dlzoo_settings(bf16: str) -> list[tuple[str, bool, bool]]:
