@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from throughput import machine  # benchmarks/ is on the path as a script
+
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.report.results import replace_between_markers
 
@@ -97,6 +99,7 @@ def main() -> None:
         print(f"{name}: {short:,.0f} MiB", file=sys.stderr)
     command = "python benchmarks/peak_memory.py " + " ".join(sys.argv[1:])
     report = (
+        f"Machine: {machine()}; the recipes' own precision (bf16 autocast where the CPU has it).\n"
         f"Each recipe for {args.steps} training steps in its own process ({args.threads} thread), then its "
         f"validation and test passes; the full-run column is `peak_rss_mib` of the newest finished run in "
         f"`{args.runs_dir}`.\nCommand: `{command.strip()}`\n\n{table(rows)}\n"

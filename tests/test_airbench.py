@@ -76,6 +76,27 @@ def test_tta_averages_the_image_and_its_mirror_in_eval_mode_only() -> None:
     torch.testing.assert_close(training, model(x), atol=0, rtol=0)  # train mode: no TTA
 
 
+def test_tta_level_2_adds_one_pixel_shifts_at_a_quarter_each() -> None:
+    torch.manual_seed(0)
+    model = create_model("airbench", 10, (3, 16, 16), width_mult=0.125, tta=2).eval()
+    x = torch.randn(3, 3, 16, 16)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., 2:, 2:], padded[..., :-2, :-2]
+    assert torch.equal(up_left[..., :-1, :-1], x[..., 1:, 1:])  # the content moved one pixel up and left
+    with torch.no_grad():
+        level_2 = model(x)
+        model.tta = 1
+        mirrored = [model(view) for view in (x, up_left, down_right)]
+    expected = 0.5 * mirrored[0] + 0.25 * (mirrored[1] + mirrored[2])
+    torch.testing.assert_close(level_2, expected, atol=1e-6, rtol=1e-5)
+    assert (level_2 - mirrored[0]).abs().max() > 1e-3 * mirrored[0].abs().max()
+    message = r"model.tta must be 0 \(none\), 1 \(mirror\) or 2 \(mirror \+ shifts\), got 3"
+    with pytest.raises(ValueError, match=message):
+        create_model("airbench", 10, (3, 16, 16), tta=3)
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict({"model": {"name": "airbench", "tta": 3}})
+
+
 def test_convs_start_as_identity_and_batch_norms_learn_only_their_shift_at_64x() -> None:
     model = create_model("airbench", 10, (3, 32, 32), width_mult=0.25)
     conv = model.features[2][4]  # group 1's second conv: 16 -> 16 channels

@@ -182,19 +182,21 @@ def test_vs_source_says_beats_matches_or_below_with_the_recipes_reason(tmp_path)
         ("silent", 'result = 0.9123\nsource_result = "93%"'),
         ("no-number", 'result = 0.9123\nsource_result = "not stated"'),
         ("equal", 'result = 0.995\nsource_result = "99.5%"'),
+        ("not-comparable", 'result = 0.9123\nsource_result = "n/a (the classic figure is 99.05% on MNIST)"'),
     ):
         files[name] = tmp_path / f"{name}.toml"
         files[name].write_text(
             TINY.replace('source_result = "about 90%"', "").replace("[meta]", f"[meta]\n{meta}")
         )
     table = build_results(tmp_path / "runs", [str(path) for path in files.values()])
-    last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:7]]
+    last = [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in table.markdown.splitlines()[2:8]]
     assert last == [
         "beats (+2.73)",
         "below (-1.80): 3 epochs, not 164",
         "below (-1.77): no reason recorded in the recipe",
         "-",
         "matches (+0.00)",
+        "-",  # "n/a ...": the source has no number for this experiment, only one for another
     ]
 
 

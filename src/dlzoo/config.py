@@ -147,7 +147,9 @@ class ModelConfig:
     stem: str | None = None
     """ResNet-18..152 / MobileNet-v2 stem: cifar (stride 1, no max-pool) or imagenet (torchvision's)."""
     width_mult: float | None = None
-    """MobileNet width multiplier (channels scaled by this factor)."""
+    """MobileNet / airbench width multiplier (channels scaled by this factor)."""
+    tta: int | None = None
+    """airbench's eval-mode test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts."""
     pretrained: bool | None = None
     """Start from torchvision's published ImageNet weights (families that match torchvision)."""
     init_from: str = ""
@@ -165,6 +167,8 @@ class ModelConfig:
             _check_choice("model.stem", self.stem, ("cifar", "imagenet"))
         if self.width_mult is not None and self.width_mult <= 0:
             raise ValueError(f"model.width_mult must be > 0, got {self.width_mult}")
+        if self.tta is not None and self.tta not in (0, 1, 2):
+            raise ValueError(f"model.tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}")
         if self.features_lr_mult <= 0:
             raise ValueError(f"model.features_lr_mult must be > 0, got {self.features_lr_mult}")
         if self.activation is not None:

@@ -12,9 +12,10 @@ in about 3.5 seconds on an A100), written from its description.
   their first filters as the identity (dirac initialisation); the batch norms keep their scale
   at 1 and learn only their shift, at 64x the learning rate (``lr_multipliers``).
 - Global max-pool, then a linear head without bias whose logits are multiplied by 1/9.
-- Test-time augmentation: in eval mode the logits are the mean of those of the image and
-  of its mirror image (``model.tta = False`` turns it off). airbench94 also averages
-  1-pixel translations; this version does not.
+- Test-time augmentation in eval mode, by level (``tta``, airbench94's levels): 0 none;
+  1 (the default) the mean of the logits of the image and of its mirror image; 2 half of
+  that plus a quarter each of the same mean for the image shifted one pixel up-left and one
+  pixel down-right (reflect-padded), six forward passes per image.
 
 Differences from airbench94: the whitening bias is learned for the whole run (airbench: the
 first 3 epochs), and there is no weight averaging (Zhang et al.'s lookahead,
@@ -40,6 +41,8 @@ BN_MOMENTUM = 0.4
 """Batch-norm running-statistics momentum (torch's convention; airbench's 0.6 in its own)."""
 BN_BIAS_LR_MULT = 64.0
 """Learning-rate factor of the batch-norm shifts (airbench's bias_scaler)."""
+TTA_LEVELS = (0, 1, 2)
+"""Test-time augmentation levels: none, mirror, mirror and 1-pixel translations."""
 HEAD_SCALE = 1 / 9
 """Fixed factor on the logits (airbench's scaling_factor)."""
 FIT_CHUNK = 256
@@ -133,16 +136,20 @@ def conv_group(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class Airbench(Classifier):
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = WIDTHS) -> None:
+    def __init__(
+        self, in_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = WIDTHS, tta: int = 1
+    ) -> None:
         super().__init__()
         if len(in_shape) != 3:
             raise ValueError(f"airbench needs images (C, H, W), got input shape {in_shape}")
+        if tta not in TTA_LEVELS:
+            raise ValueError(f"model.tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {tta}")
         whiten = PatchWhitening(in_shape[0])
         channels = [whiten.weight.shape[0], *widths]
         groups = [conv_group(c_in, c_out) for c_in, c_out in zip(channels, widths)]
         self.features = nn.Sequential(whiten, nn.GELU(), *groups, nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.classifier = nn.Sequential(nn.Linear(widths[-1], num_classes, bias=False), Scale(HEAD_SCALE))
-        self.tta = True  # in eval mode, average the logits of each image and of its mirror image
+        self.tta = tta  # eval-mode test-time augmentation level (TTA_LEVELS)
 
     @property
     def whiten(self) -> PatchWhitening:
@@ -170,11 +177,18 @@ class Airbench(Classifier):
     def forward(self, x: Tensor) -> Tensor:
         if self.training or not self.tta:
             return super().forward(x)
-        logits = super().forward(torch.cat([x, x.flip(3)]))  # (2B, classes): images, then mirrors
-        return logits.view(2, x.shape[0], -1).mean(0)
+        views = [x]
+        if self.tta == 2:  # shifted one pixel up-left and one down-right, reflect-padded
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            views += [padded[..., 2:, 2:], padded[..., :-2, :-2]]
+        batch = torch.cat([image for view in views for image in (view, view.flip(3))])
+        logits = super().forward(batch).view(len(views), 2, x.shape[0], -1).mean(1)  # (views, B, classes)
+        if self.tta == 1:
+            return logits[0]
+        return 0.5 * logits[0] + 0.25 * (logits[1] + logits[2])
 
 
 @MODELS.register("airbench", min_size=16)  # 2x2 conv and three pools: 16 -> 15 -> 7 -> 3 -> 1
-def airbench(num_classes: int, in_shape: tuple[int, ...], width_mult: float = 1.0) -> Airbench:
+def airbench(num_classes: int, in_shape: tuple[int, ...], width_mult: float = 1.0, tta: int = 1) -> Airbench:
     widths = tuple(max(1, round(width * width_mult)) for width in WIDTHS)
-    return Airbench(in_shape, num_classes, widths)
+    return Airbench(in_shape, num_classes, widths, tta)

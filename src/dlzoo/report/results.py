@@ -323,7 +323,10 @@ def _distinct(values: list[str]) -> str:
 
 
 def source_percent(source_result: str) -> float | None:
-    """The first percentage in the source's reported result, as a fraction (None if it has none)."""
+    """The first percentage in the source's reported result, as a fraction (None if it has none,
+    or if it starts with "n/a": a number it quotes then belongs to another experiment)."""
+    if source_result.strip().lower().startswith("n/a"):
+        return None
     found = re.search(r"(\d+(?:\.\d+)?)\s*%", source_result)
     return float(found.group(1)) / 100 if found else None
 
