@@ -10,6 +10,8 @@ the time that schedule takes together with the accuracy it reaches: each run is 
 ``run.json`` records (the epochs with their validation passes, not loading the data or the
 final test pass), "wall" the whole process. Test accuracy is measured once, at the end,
 as in every dlzoo run. The spread is the sample standard deviation over the seeds.
+``--runs-dir DIR`` keeps the run folders there (``dlzoo results --runs-dir DIR --record``
+can then record them); by default they go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ SPEED_RECIPES = ("cifar10-airbench", "mnist-fast")
 
 def one_run(recipe: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Test accuracy, training and wall seconds of one seeded run of ``recipe`` in its own process."""
-    with tempfile.TemporaryDirectory() as runs:
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = args.runs_dir or scratch
         command = [
             sys.executable, "-m", "dlzoo", "train", recipe, "--seed", str(seed), "--data-dir", args.data_dir,
             "--runs-dir", runs, "--set", f"train.threads={args.threads}", *args.extra,
@@ -44,7 +47,7 @@ def one_run(recipe: str, seed: int, args: argparse.Namespace) -> dict[str, float
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"error: {recipe} seed {seed} failed: {done.stderr.strip().splitlines()[-1]}")
-        (info,) = Path(runs).glob(f"{recipe}/*/run.json")
+        info = max(Path(runs).glob(f"{recipe}/*/run.json"), key=lambda path: path.stat().st_mtime)
         run = json.loads(info.read_text())
     accuracy = run["test"]["test_accuracy"]
     return {"accuracy": accuracy, "train_seconds": run["train_seconds"], "wall_seconds": wall}
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (e.g. train.epochs=2 for a smoke run)")  # fmt: skip
+    parser.add_argument("--runs-dir", help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--write", metavar="FILE", help="replace the time-to-accuracy section of FILE")
     args = parser.parse_args()
     args.extra = [item for override in args.extra for item in ("--set", override)]
