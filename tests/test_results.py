@@ -98,7 +98,8 @@ def test_commands_are_rebuilt_and_marked_when_not_recorded(runs):
     assert "† rebuilt from the run's config" in markdown
 
 
-def test_recorded_commands_win_and_the_newest_run_of_a_seed_counts(runs, tmp_path):
+def test_recorded_commands_win_and_the_newest_run_of_a_seed_counts(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runs_dir = tmp_path / "runs"
     shutil.copytree(runs["runs_dir"], runs_dir)
     folders = {
@@ -106,13 +107,15 @@ def test_recorded_commands_win_and_the_newest_run_of_a_seed_counts(runs, tmp_pat
     }
     first, second = "dlzoo train tiny-digits.toml", "dlzoo train tiny-digits.toml --seed 1"
     copy_run(folders[0], "29990101-000000", command=first, test={"test_accuracy": 0.5})
-    copy_run(folders[1], "29990101-000001", command=second, test={"test_accuracy": 0.7})
+    # typed with an absolute data folder: the table shows it relative to the working folder
+    typed = f"{second} --data-dir {tmp_path}/data"
+    copy_run(folders[1], "29990101-000001", command=typed, test={"test_accuracy": 0.7})
     copy_run(folders[1], "29990101-000002", status="running")
     table = build_results(runs_dir, [runs["recipe"]])
     (row,) = table.rows
     assert [run.test["test_accuracy"] for run in row.runs] == [0.5, 0.7]
     assert "**60.00%** mean (50.00 / 70.00)" in table.markdown
-    assert f"`{first}`<br>`{second}`" in table.markdown
+    assert f"`{first}`<br>`{second} --data-dir data`" in table.markdown
     assert "†" not in table.markdown
     assert any("not finished (running)" in note for note in table.excluded)
 

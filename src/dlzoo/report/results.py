@@ -209,7 +209,7 @@ def measured_run(folder: Path, cfg: RunConfig, overrides: list[str]) -> Measured
         threads=info.get("machine", {}).get("torch_threads"),
         compute=compute_of(info),
         data=relative_paths(f"{data.get('source', '?')}, {data.get('test', 0):,} test"),
-        command=recorded if is_cli else rebuilt_command(cfg, overrides),
+        command=relative_paths(recorded) if is_cli else rebuilt_command(cfg, overrides),
         recorded=is_cli,
     )
 
