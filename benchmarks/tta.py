@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from dlzoo.api import load_run
-from dlzoo.data.loader import BatchLoader
-from dlzoo.data.pipeline import load_data
+from dlzoo.data.pipeline import eval_loader, load_data
 from dlzoo.models.airbench import TTA_LEVELS
 from dlzoo.registry import TASKS
 from dlzoo.training.loop import evaluate
@@ -44,7 +43,7 @@ def main() -> None:
         model = run.cfg.model.name
         raise SystemExit(f"error: {args.run} trained {model!r} (no tta levels): give an airbench run")
     cfg = run.cfg.with_overrides([f"data.data_dir={args.data_dir}"])
-    loader = BatchLoader(load_data(cfg.data).test, cfg.data.eval_batch_size, run.normalizer)
+    loader = eval_loader(cfg.data, load_data(cfg.data).test, run.normalizer)
     task = TASKS.get(cfg.task.name)(run.model, cfg, len(run.classes))
     print(f"{args.run}: test split, {checkpoint} checkpoint")
     print("| model.tta | test accuracy | test loss |\n|---|---|---|")

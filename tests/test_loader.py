@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch import Tensor
 
-from dlzoo.config import AugmentConfig
+from dlzoo.config import AugmentConfig, DataConfig
 from dlzoo.data import loader
 from dlzoo.data.core import DataBundle, Split
-from dlzoo.data.loader import BatchLoader, Normalizer, resize_images, select_classes, split_train_val
+from dlzoo.data.loader import BatchLoader, Normalizer, select_classes, split_train_val
+from dlzoo.data.pipeline import build_loaders, load_data
 
 
 def image_split(n: int = 100, num_classes: int = 4, seed: int = 0, size: int = 8) -> Split:
@@ -114,19 +116,6 @@ def bundle() -> DataBundle:
     names = ["zero", "one", "two", "three", "four"]
     train, test = image_split(n=50, num_classes=5), image_split(n=25, num_classes=5, seed=1)
     return DataBundle(train, test, names, "test")
-
-
-def test_resize_images_in_chunks_equals_resizing_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchvision.transforms.v2.functional import resize
-
-    monkeypatch.setattr(loader, "RESIZE_CHUNK", 3)  # 7 training images: chunks of 3, 3 and 1
-    train, test = image_split(n=7, size=8), image_split(n=2, seed=1, size=8)
-    bundle = DataBundle(train, test, ["a", "b", "c", "d"], "test")
-    resized = resize_images(bundle, 12)
-    for before, after in ((bundle.train, resized.train), (bundle.test, resized.test)):
-        assert after.x.dtype == torch.uint8 and after.x.shape == (len(before), 3, 12, 12)
-        assert torch.equal(after.x, resize(before.x, [12, 12], antialias=True))
-        assert torch.equal(after.y, before.y)
 
 
 def test_select_classes_keeps_and_relabels_in_the_given_order() -> None:
@@ -237,3 +226,71 @@ def test_loader_rejects_augmenting_tabular_data() -> None:
     split = tabular_split()
     with pytest.raises(ValueError, match="images only"):
         BatchLoader(split, 8, Normalizer.fit(split.x, "unit"), augment=AugmentConfig(flip=True))
+
+
+# --- data.resize, batch by batch ------------------------------------------------------------------
+
+
+def resized_at_once(x: Tensor, size: int) -> Tensor:
+    """What data.resize stored before it moved into the loader: the whole split resized in one go."""
+    from torchvision.transforms.v2.functional import resize
+
+    return resize(x, [size, size], antialias=True)
+
+
+def test_loader_resizes_each_batch_as_resizing_the_whole_split_did() -> None:
+    split = labelled_split()  # 8x8 images
+    stored = Split(resized_at_once(split.x, 12), split.y)
+    normalizer = Normalizer.fit(stored.x, "standard")
+    for kwargs in ({}, {"shuffle": True, "augment": AUGMENT, "seed": 3}):  # resized, then augmented
+        per_batch = BatchLoader(split, 8, normalizer, resize=12, **kwargs)
+        assert per_batch.x.shape == (45, 3, 8, 8) and per_batch.example_shape == (3, 12, 12)
+        whole = BatchLoader(stored, 8, normalizer, **kwargs)
+        for epoch in (0, 1):
+            pairs = zip(epoch_batches(per_batch, epoch), epoch_batches(whole, epoch), strict=True)
+            for (x, y), (x_whole, y_whole) in pairs:
+                assert x.shape == (len(y), 3, 12, 12)
+                assert torch.equal(x, x_whole) and torch.equal(y, y_whole)
+
+
+def test_normalizer_fitted_with_resize_has_the_statistics_of_the_resized_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loader, "_FIT_CHUNK", 7)  # 45 images: chunks of 7, ..., 7 and 3
+    split = labelled_split()
+    fitted = Normalizer.fit(split.x, "standard", resize=12)
+    resized = Normalizer.fit(resized_at_once(split.x, 12), "standard")
+    assert fitted.mean == pytest.approx(resized.mean, abs=1e-12)
+    assert fitted.std == pytest.approx(resized.std, abs=1e-12)
+    assert fitted.std != pytest.approx(Normalizer.fit(split.x, "standard").std, abs=1e-3)  # upscaling smooths
+
+
+@pytest.mark.usefixtures("isolated_data_dir")
+def test_build_loaders_resize_train_val_and_test_per_batch_with_the_old_numbers() -> None:
+    cfg = DataConfig(name="digits", resize=12, augment=AugmentConfig(flip=True, crop_padding=2))
+    bundle = load_data(cfg)
+    assert bundle.train.x.shape[1:] == (1, 8, 8)  # load_data keeps the stored size
+    loaders = build_loaders(cfg, bundle, seed=0, device=torch.device("cpu"))
+    resized = dataclasses.replace(
+        bundle,
+        train=Split(resized_at_once(bundle.train.x, 12), bundle.train.y),
+        test=Split(resized_at_once(bundle.test.x, 12), bundle.test.y),
+    )
+    old = build_loaders(dataclasses.replace(cfg, resize=0), resized, seed=0, device=torch.device("cpu"))
+    assert loaders.normalizer.to_dict() == old.normalizer.to_dict()
+    for name in ("train", "val", "test"):
+        new_loader, old_loader = getattr(loaders, name), getattr(old, name)
+        assert new_loader.x.shape[1:] == (1, 8, 8) and new_loader.example_shape == (1, 12, 12), name
+        for (x, y), (x_old, y_old) in zip(new_loader, old_loader, strict=True):
+            assert x.shape[1:] == (1, 12, 12) and torch.equal(x, x_old) and torch.equal(y, y_old), name
+
+
+@pytest.mark.usefixtures("isolated_data_dir")
+def test_resizing_tabular_data_is_a_clear_error() -> None:
+    with pytest.raises(
+        ValueError, match="^data.resize=8 applies to images only, but this data set is tabular$"
+    ):
+        load_data(DataConfig(name="iris", resize=8))
+    split = tabular_split()
+    with pytest.raises(ValueError, match="images only"):
+        BatchLoader(split, 8, Normalizer.fit(split.x, "unit"), resize=8)

@@ -206,7 +206,7 @@ def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:
     assert lrs[6] == pytest.approx(BASE_LR / 2)
 
 
-@pytest.mark.parametrize("name", ["onecycle", "cyclic"])
+@pytest.mark.parametrize("name", ["onecycle", "triangle", "cyclic"])
 def test_warmup_is_refused_by_schedules_with_their_own_ramp(name: str) -> None:
     with pytest.raises(ValueError, match="warmup_epochs"):
         make_scheduled(ScheduleConfig(name=name, warmup_epochs=1), 4, 20)
@@ -224,7 +224,7 @@ def test_onecycle_peaks_at_max_lr_after_pct_start() -> None:
     assert default_peak == pytest.approx(10 * BASE_LR)
 
 
-@pytest.mark.parametrize("name", ["onecycle", "cyclic"])
+@pytest.mark.parametrize("name", ["onecycle", "triangle", "cyclic"])
 def test_a_parameter_group_at_k_times_the_lr_keeps_that_share_of_max_lr(name: str) -> None:
     groups = [
         {"params": [nn.Parameter(torch.zeros(1))]},
@@ -247,6 +247,18 @@ def test_onecycle_cycles_momentum_only_where_the_optimiser_has_one() -> None:
     assert plain.param_groups[0]["momentum"] == 0
     heavy_ball, _ = make_scheduled(ScheduleConfig(name="onecycle"), 4, 20, optimizer_name="momentum")
     assert heavy_ball.param_groups[0]["momentum"] == pytest.approx(0.95)
+
+
+def test_triangle_rises_and_falls_in_straight_lines_and_leaves_momentum_alone() -> None:
+    cfg = ScheduleConfig(name="triangle", max_lr=1.0, pct_start=0.25, start_factor=0.2, end_factor=0.05)
+    optimizer, scheduler = make_scheduled(cfg, 10, 100, optimizer_name="momentum")
+    lrs = advance(optimizer, scheduler, 100) + [optimizer.param_groups[0]["lr"]]
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[10] == pytest.approx(0.2 + 0.8 * 10 / 25)
+    assert lrs[25] == pytest.approx(1.0)
+    assert lrs[25 + 30] == pytest.approx(1.0 - 0.95 * 30 / 75)
+    assert lrs[100] == pytest.approx(0.05)
+    assert optimizer.param_groups[0]["momentum"] == 0.9  # optim.momentum, not cycled
 
 
 def test_cyclic_is_triangular() -> None:
@@ -276,6 +288,7 @@ RESUMABLE = {
     "exponential": ScheduleConfig(name="exponential", gamma=0.5, step_epochs=1, warmup_epochs=1),
     "cosine": ScheduleConfig(name="cosine", min_lr=0.001, warmup_epochs=1),
     "onecycle": ScheduleConfig(name="onecycle", pct_start=0.3),
+    "triangle": ScheduleConfig(name="triangle", pct_start=0.3),
     "cyclic": ScheduleConfig(name="cyclic", cycle_epochs=1.5),
 }
 
@@ -352,6 +365,28 @@ def test_lookahead_resumes_from_the_optimiser_state_dict_exactly(name: str) -> N
     plain = make_model()
     train(plain, build_optimizer(plain.parameters(), OptimConfig(name=name, lr=0.05)), x, y, steps=8)
     assert not all(torch.equal(a, b) for a, b in zip(whole.parameters(), plain.parameters(), strict=True))
+
+
+def test_ramped_lookahead_averages_more_towards_the_end_and_ends_on_the_slow_weights() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    cfg = OptimConfig(name="sgd", lr=1.0, lookahead_steps=2, lookahead_alpha=0.2, lookahead_ramp=True)
+    optimizer = build_optimizer([param], cfg, total_steps=5)
+    seen = []
+    for _ in range(5):  # the gradient is always 1: each plain step moves the weight by -1
+        optimizer.zero_grad()
+        param.sum().backward()
+        optimizer.step()
+        seen.append(param.item())
+    # alpha after step t is 1 - 0.8 * (t / 5) ** 3. Step 1: -1, the slow weights start here.
+    # Step 2 syncs at alpha 0.9488: -1 + 0.9488 * (-2 + 1). Step 4 syncs at alpha 0.5904.
+    # Step 5, the last, syncs too, at alpha 0.2, so the run ends on the slow weights.
+    alpha2, alpha4 = 1 - 0.8 * 0.4**3, 1 - 0.8 * 0.8**3
+    after2 = -1 - alpha2
+    after4 = after2 + alpha4 * (after2 - 2 - after2)
+    after5 = after4 + 0.2 * (after4 - 1 - after4)
+    assert seen == pytest.approx([-1.0, after2, after2 - 1, after4, after5])
+    with pytest.raises(ValueError, match="optim.lookahead_ramp needs the run's total steps"):
+        build_optimizer([param], cfg)
 
 
 def test_lookahead_settings_are_checked() -> None:

@@ -100,6 +100,36 @@ def test_eval_and_predict_rebuild_the_model_from_the_run_folder(digits_run, tmp_
     assert probabilities == sorted(probabilities, reverse=True)
 
 
+def test_a_resized_run_is_evaluated_predicted_and_reported_at_the_size_it_trained_on(tmp_path):
+    """data.resize happens batch by batch in the loaders; everything that reads the run back
+    (run.json, evaluate, predict, the report's examples) still sees the resized images."""
+    from PIL import Image
+
+    from dlzoo.data.pipeline import eval_loader, load_data
+    from dlzoo.report.html import confident_mistakes, load_test_split
+
+    overrides = ["data.resize=16", "train.epochs=1", "train.threads=1", "log.progress=false"]
+    result = dlzoo.train("digits-lenet5", overrides, runs_dir=str(tmp_path), quiet=True)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["data"]["in_shape"] == [1, 16, 16]
+    assert dlzoo.evaluate(result.run_dir)["accuracy"] == pytest.approx(result.test["test_accuracy"])
+
+    run = dlzoo.load_run(result.run_dir)
+    test = load_data(run.cfg.data).test  # 8x8, as stored
+    x, _ = next(iter(eval_loader(run.cfg.data, test, run.normalizer)))
+    with torch.no_grad():
+        expected = torch.softmax(run.model(x[:1]).float(), dim=1)[0]
+    path = tmp_path / "digit.png"
+    Image.fromarray(test.x[0, 0].numpy()).save(path)  # 8x8: predict resizes it as the loader does
+    (predicted,) = dlzoo.predict(result.run_dir, [path], top_k=1)
+    (top,) = predicted["top"]
+    assert top["class"] == run.classes[int(expected.argmax())]
+    assert top["probability"] == pytest.approx(float(expected.max()), abs=1e-4)
+
+    mistakes, wrong = confident_mistakes(run, load_test_split(run.cfg), 2)
+    assert wrong > 0 and all(mistake.image.shape == (1, 16, 16) for mistake in mistakes)
+
+
 def test_early_stopping_stops(tmp_path):
     result = dlzoo.train(
         "digits-lenet5",

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from dlzoo.config import RunConfig
-from dlzoo.data.loader import BatchLoader, Normalizer, split_train_val
-from dlzoo.data.pipeline import load_data
+from dlzoo.data.loader import Normalizer, split_train_val
+from dlzoo.data.pipeline import eval_loader, load_data
 from dlzoo.data.sources import BAD_IMAGE_ERRORS, decode_image
 from dlzoo.models import create_model
 from dlzoo.recipes import list_recipes, load_recipe
@@ -188,7 +188,7 @@ def evaluate(
     )
     device = pick_device("auto")
     run.model.to(device)
-    loader = BatchLoader(data, cfg.data.eval_batch_size, run.normalizer, device=device)
+    loader = eval_loader(cfg.data, data, run.normalizer, device)
     task = TASKS.get(cfg.task.name)(run.model, cfg, len(run.classes))
     metrics: dict[str, Any] = {
         k.removeprefix(f"{split}_"): v for k, v in evaluate_split(task, loader, prefix=split).items()

@@ -94,7 +94,7 @@ class DataConfig:
     train_subset: int = 0
     """Train on a seeded, stratified subset of N examples (0 = all); for quick runs."""
     resize: int = 0
-    """Resize images to NxN once, at load time (0 = keep); e.g. for ImageNet-stem models on CIFAR."""
+    """Resize images to NxN batch by batch, before augmentation (0 = keep); e.g. ImageNet stems on CIFAR."""
     normalize: str = "standard"
     """standard: per-channel mean/std of the training split; unit: pixels/255; none: raw values."""
     batch_size: int = 128
@@ -233,6 +233,10 @@ class OptimConfig:
     move ``lookahead_alpha`` of the way to the trained ones, which restart from them (0 = off)."""
     lookahead_alpha: float = 0.5
     """How far the slow weights move at each lookahead sync, in (0, 1]."""
+    lookahead_ramp: bool = False
+    """Ramp the lookahead from no averaging (alpha 1) at the first step to ``lookahead_alpha`` at
+    the last on a cubic, ``alpha = 1 - (1 - lookahead_alpha) * (step / total) ** 3``: weight
+    averaging that only bites near the end (airbench94's, with alpha 1 - 0.95 ** 5 = 0.226)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -253,7 +257,7 @@ class ScheduleConfig:
     """How the learning rate moves during training (stepped once per optimiser step)."""
 
     name: str = "constant"
-    """constant, step, exponential, cosine, onecycle or cyclic."""
+    """constant, step, exponential, cosine, onecycle, triangle or cyclic."""
     step_epochs: float = 10.0
     """step: multiply by gamma every this many epochs; exponential: the decay period."""
     gamma: float = 0.1
@@ -269,12 +273,18 @@ class ScheduleConfig:
     cycle_epochs: float = 4.0
     """cyclic: epochs for one full triangle (up and down)."""
     pct_start: float = 0.25
-    """onecycle: fraction of training spent warming up."""
+    """onecycle, triangle: fraction of training spent warming up."""
+    start_factor: float = 0.2
+    """triangle: the first lr, as a fraction of the peak."""
+    end_factor: float = 0.07
+    """triangle: the last lr, as a fraction of the peak."""
 
     def __post_init__(self) -> None:
         if self.step_epochs <= 0 or self.cycle_epochs <= 0:
             raise ValueError("schedule.step_epochs and schedule.cycle_epochs must be > 0")
         _check_range("schedule.pct_start", self.pct_start, 0.01, 0.99)
+        _check_range("schedule.start_factor", self.start_factor, 0.0, 1.0)
+        _check_range("schedule.end_factor", self.end_factor, 0.0, 1.0)
         if self.gamma <= 0:
             raise ValueError(f"schedule.gamma must be > 0, got {self.gamma}")
         for name in ("warmup_epochs", "min_lr", "max_lr"):

@@ -1,5 +1,6 @@
 """Entry points of the data layer: ``load_data`` finds and loads a data set,
-``build_loaders`` splits it and wraps each split in a whole-batch loader."""
+``build_loaders`` splits it and wraps each split in a whole-batch loader, and
+``eval_loader`` wraps one split for evaluation outside training."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import torch
 
 from dlzoo.config import DataConfig
 from dlzoo.data import captcha, sources  # noqa: F401  (registers the data sets)
-from dlzoo.data.core import DataBundle, resolve_data_dir
-from dlzoo.data.loader import BatchLoader, Normalizer, resize_images, select_classes, split_train_val
+from dlzoo.data.core import DataBundle, Split, resolve_data_dir
+from dlzoo.data.loader import BatchLoader, Normalizer, select_classes, split_train_val
 from dlzoo.registry import DATASETS
 
 IMPORTED_PREFIX = "imported:"
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """The data set named by ``cfg`` with its class selection applied.
+    """The data set named by ``cfg`` with its class selection applied, images at their stored size.
 
-    ``imported:<name>`` reads a set made with ``dlzoo data import``.
+    ``imported:<name>`` reads a set made with ``dlzoo data import``. ``data.resize`` is not
+    applied here but by the loaders, batch by batch (``build_loaders``, ``eval_loader``).
     """
     root = resolve_data_dir(cfg.data_dir)
     if cfg.name.startswith(IMPORTED_PREFIX):
@@ -33,8 +35,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
             bundle = select_classes(bundle, cfg.classes)
         except ValueError as error:
             raise ValueError(f"data.classes={cfg.classes}: {error}") from None
-    if cfg.resize:
-        bundle = resize_images(bundle, cfg.resize)
+    if cfg.resize and not bundle.train.is_image:
+        raise ValueError(f"data.resize={cfg.resize} applies to images only, but this data set is tabular")
     for split_name, split in (("training", bundle.train), ("test", bundle.test)):
         if len(split) == 0:
             raise ValueError(f"data set {cfg.name!r} has an empty {split_name} split: nothing to learn from")
@@ -61,7 +63,7 @@ def build_loaders(
     train, val = split_train_val(bundle.train, cfg.val_fraction, seed)
     if 0 < cfg.train_subset < len(train):  # a seeded, stratified subset, not the first N
         _, train = split_train_val(train, cfg.train_subset / len(train), seed)
-    normalizer = Normalizer.fit(train.x, cfg.normalize)
+    normalizer = Normalizer.fit(train.x, cfg.normalize, cfg.resize)
     augment = cfg.augment if cfg.augment.enabled else None
     return Loaders(
         train=BatchLoader(
@@ -74,10 +76,21 @@ def build_loaders(
             device=device,
             drop_last=shard[1] > 1,
             shard=shard,
+            resize=cfg.resize,
         ),
-        val=BatchLoader(val, cfg.eval_batch_size, normalizer, device=device, shard=shard)
-        if len(val)
-        else None,
-        test=BatchLoader(bundle.test, cfg.eval_batch_size, normalizer, device=device),
+        val=eval_loader(cfg, val, normalizer, device, shard) if len(val) else None,
+        test=eval_loader(cfg, bundle.test, normalizer, device),
         normalizer=normalizer,
     )
+
+
+def eval_loader(
+    cfg: DataConfig,
+    split: Split,
+    normalizer: Normalizer,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+) -> BatchLoader:
+    """``split`` in evaluation batches (``data.eval_batch_size``, stored order, no augmentation),
+    resized as the model was trained (``data.resize``)."""
+    return BatchLoader(split, cfg.eval_batch_size, normalizer, device=device, shard=shard, resize=cfg.resize)

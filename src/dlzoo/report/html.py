@@ -32,8 +32,8 @@ from PIL import Image
 from dlzoo.api import LoadedRun, load_run
 from dlzoo.config import RunConfig
 from dlzoo.data.core import Split
-from dlzoo.data.loader import BatchLoader
-from dlzoo.data.pipeline import load_data
+from dlzoo.data.loader import resize_batch
+from dlzoo.data.pipeline import eval_loader, load_data
 from dlzoo.report import plots
 from dlzoo.tasks.classify import class_probabilities
 from dlzoo.training.loop import pick_device
@@ -147,7 +147,7 @@ def confident_mistakes(run: LoadedRun, test: Split, count: int) -> tuple[list[Mi
     """The ``count`` wrong predictions with the highest predicted probability, and how many were wrong."""
     device = pick_device("auto")
     model = run.model.to(device)
-    loader = BatchLoader(test, run.cfg.data.eval_batch_size, run.normalizer, device=device)
+    loader = eval_loader(run.cfg.data, test, run.normalizer, device)
     with torch.inference_mode():
         probabilities = torch.cat([class_probabilities(model(x)).cpu() for x, _ in loader])  # (N, classes)
     confidence, predicted = probabilities.max(dim=1)
@@ -156,7 +156,7 @@ def confident_mistakes(run: LoadedRun, test: Split, count: int) -> tuple[list[Mi
     mistakes = [
         Mistake(
             index=i,
-            image=test.x[i].cpu(),
+            image=resize_batch(test.x[i : i + 1], run.cfg.data.resize)[0].cpu(),  # as the model saw it
             true=run.classes[int(test.y[i])],
             predicted=run.classes[int(predicted[i])],
             probability=float(confidence[i]),

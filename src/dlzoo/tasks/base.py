@@ -48,7 +48,7 @@ class Task:
         """Build the optimiser(s) and schedule(s) from the config."""
         optim = self.cfg.optim
         groups = parameter_groups(self.model, self.cfg.model.features_lr_mult, optim.lr, optim.weight_decay)
-        optimizer = build_optimizer(groups, optim)
+        optimizer = build_optimizer(groups, optim, total_steps)
         self.optimizers = [optimizer]
         self.schedulers = [build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, total_steps)]
 

@@ -289,12 +289,15 @@ def scratch_adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     return ScratchAdam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def build_optimizer(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.name`` over ``params`` (with lookahead if ``cfg.lookahead_steps``);
-    an unknown name raises ``ValueError``."""
+def build_optimizer(params: ParamsT, cfg: OptimConfig, total_steps: int = 0) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.name`` over ``params`` (with lookahead if ``cfg.lookahead_steps``;
+    a ramped lookahead needs the run's ``total_steps``); an unknown name raises ``ValueError``."""
     optimizer = OPTIMIZERS.get(cfg.name)(params, cfg)
     if cfg.lookahead_steps:
-        add_lookahead(optimizer, cfg.lookahead_steps, cfg.lookahead_alpha)
+        if cfg.lookahead_ramp and total_steps < 1:
+            raise ValueError("optim.lookahead_ramp needs the run's total steps: pass total_steps")
+        ramp_steps = total_steps if cfg.lookahead_ramp else 0
+        add_lookahead(optimizer, cfg.lookahead_steps, cfg.lookahead_alpha, ramp_steps)
     return optimizer
 
 
@@ -304,11 +307,15 @@ LOOKAHEAD_COUNT = "lookahead_count"
 """Key of the steps taken, kept in each parameter group."""
 
 
-def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float) -> None:
+def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float, ramp_steps: int = 0) -> None:
     """Lookahead (Zhang et al. 2019) around ``optimizer``: it trains the "fast" weights as usual,
     and every ``steps`` steps the slow weights move ``alpha`` of the way towards them and the
     fast weights restart from there: ``slow += alpha * (fast - slow); fast = slow``. The slow
     weights start at the weights after the first step.
+
+    With ``ramp_steps`` (the run's length) alpha is not fixed but falls on a cubic from 1 (no
+    averaging) at step 0 to ``alpha`` at step ``ramp_steps``, which also syncs, so the run ends on
+    the slow weights: an average of the last few hundred steps' weights, as airbench94's.
 
     The slow weights live in ``optimizer.state`` and the step count in each parameter group, so
     the optimiser's ``state_dict()`` carries them and a resumed run continues exactly.
@@ -318,15 +325,19 @@ def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float) ->
     def after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
             group[LOOKAHEAD_COUNT] = count = group.get(LOOKAHEAD_COUNT, 0) + 1
-            if count > 1 and count % steps:
+            sync = count % steps == 0 or count == ramp_steps
+            if count > 1 and not sync:
                 continue  # neither the first step nor a sync: nothing to touch
+            weight = alpha
+            if ramp_steps:
+                weight = 1 - (1 - alpha) * min(count / ramp_steps, 1.0) ** 3
             for param in group["params"]:
                 state = opt.state[param]
                 if LOOKAHEAD_SLOW not in state:
                     state[LOOKAHEAD_SLOW] = param.detach().clone()
-                elif count % steps == 0:
+                elif sync:
                     slow = state[LOOKAHEAD_SLOW]
-                    slow.lerp_(param, alpha)
+                    slow.lerp_(param, weight)
                     param.copy_(slow)
 
     optimizer.register_step_post_hook(after_step)
@@ -339,7 +350,7 @@ def add_lookahead(optimizer: torch.optim.Optimizer, steps: int, alpha: float) ->
 # constant, step, exponential and cosine are closed-form functions of the step inside one
 # LambdaLR, which makes the optional linear warm-up a single `if` in front of them, keeps
 # fractional epochs exact, and saves only a step counter in state_dict. onecycle and cyclic
-# are torch's OneCycleLR and CyclicLR.
+# are torch's OneCycleLR and CyclicLR; triangle is a LambdaLR of straight lines.
 
 Decay = Callable[[float, float], float]
 """(base lr, epochs since the warm-up ended) -> lr."""
@@ -487,6 +498,28 @@ def onecycle_schedule(
         pct_start=cfg.pct_start,
         cycle_momentum=_has_momentum(optimizer),
     )
+
+
+@SCHEDULES.register("triangle")
+def triangle_schedule(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int
+) -> LRScheduler:
+    """Straight lines up and down (airbench94's schedule): from ``start_factor x max_lr`` at the
+    first step up to ``max_lr`` after ``pct_start`` of ``total_steps``, then down to
+    ``end_factor x max_lr`` at the last. ``max_lr`` is per group as in onecycle; momentum is
+    left alone."""
+    _reject_warmup(cfg)
+    peak_step = max(1, int(cfg.pct_start * total_steps))
+    fall_steps = max(1, total_steps - peak_step)
+
+    def shape(step: int) -> float:  # fraction of the peak
+        if step < peak_step:
+            return cfg.start_factor + (1 - cfg.start_factor) * step / peak_step
+        return 1 + (cfg.end_factor - 1) * min((step - peak_step) / fall_steps, 1.0)
+
+    base_lrs = _base_lrs(optimizer)
+    peaks = [peak / base_lr for peak, base_lr in zip(_peak_lrs(optimizer, cfg), base_lrs, strict=True)]
+    return LambdaLR(optimizer, [lambda step, k=k: k * shape(step) for k in peaks])
 
 
 @SCHEDULES.register("cyclic")
