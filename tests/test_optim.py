@@ -64,6 +64,36 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
 # ---------------------------------------------------------------------------
 
 
+FOREACH_TWINS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05, foreach=True),
+    "nesterov": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, foreach=True),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05, eps=1e-8, foreach=True),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.05, foreach=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.05, weight_decay=0.0, foreach=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREACH_TWINS))
+def test_cpu_optimisers_take_torchs_fused_kernels_with_the_foreach_numbers(name: str) -> None:
+    x, y = make_data()
+    fused = make_model()
+    fused_opt = build_optimizer(fused.parameters(), OptimConfig(name=name, lr=0.05))
+    assert fused_opt.defaults["fused"] is True
+    foreach = make_model()
+    fused_losses = train(fused, fused_opt, x, y, steps=20)
+    assert fused_losses == pytest.approx(
+        train(foreach, FOREACH_TWINS[name](foreach.parameters()), x, y, steps=20)
+    )
+    for a, b in zip(fused.parameters(), foreach.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_optimisers_fall_back_to_foreach_where_there_is_no_fused_kernel() -> None:
+    assert build_optimizer([nn.Parameter(torch.zeros(2))], OptimConfig(name="rmsprop")).defaults["foreach"]
+    complex_param = nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    assert not build_optimizer([complex_param], OptimConfig(name="adam")).defaults["fused"]
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("scratch_name", list(SCRATCH_TWINS))
 def test_scratch_optimiser_follows_torch(scratch_name: str, weight_decay: float) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
-from torch.optim.optimizer import ParamsT
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from dlzoo.config import OptimConfig, ScheduleConfig
 from dlzoo.registry import OPTIMIZERS, SCHEDULES
@@ -212,37 +212,62 @@ class ScratchAdam(ScratchOptimizer):
 # ---------------------------------------------------------------------------
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices where torch has fused SGD, Adam and AdamW kernels (Adagrad's: the CPU only)."""
+
+
+def _fastest(
+    make: Callable[..., Optimizer], params: ParamsT, devices: tuple[str, ...] = FUSED_DEVICES, **settings: Any
+) -> Optimizer:
+    """``make(params, **settings)`` with torch's fused kernels (one kernel does a parameter's
+    whole update) where the parameters' device has them (``devices``), else with its ``foreach``
+    kernels (one op per step of the rule, over all parameters at once). On a CPU the fused step
+    is several times faster and makes no temporaries the size of the parameters; the two agree
+    to float rounding.
+    """
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    # torch checks this only at the first step; build the optimiser after moving the model
+    fused = all(p.is_floating_point() and p.device.type in devices for p in tensors)
+    return make(params, **({"fused": True} if fused else {"foreach": True}), **settings)
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Plain SGD, no momentum."""
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return _fastest(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("momentum")
 def momentum(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum ``cfg.momentum``."""
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
-    )
+    return _fastest(torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("nesterov")
 def nesterov(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum ``cfg.momentum``: the gradient is taken a step ahead."""
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, foreach=True
+    return _fastest(
+        torch.optim.SGD,
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
     )
 
 
 @OPTIMIZERS.register("adagrad")
 def adagrad(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+    return _fastest(
+        torch.optim.Adagrad, params, ("cpu",), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """RMSprop with decay ``cfg.alpha`` and no momentum."""
-    return torch.optim.RMSprop(
+    return torch.optim.RMSprop(  # no fused kernel in torch
         params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
     )
 
@@ -250,8 +275,13 @@ def rmsprop(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("adam")
 def adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam; ``cfg.weight_decay`` is an L2 term added to the gradient."""
-    return torch.optim.Adam(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    return _fastest(
+        torch.optim.Adam,
+        params,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
@@ -259,8 +289,13 @@ def adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
 def adamw(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): weight decay shrinks the weights directly,
     ``p -= lr * weight_decay * p``, instead of passing through Adam's normalisation."""
-    return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    return _fastest(
+        torch.optim.AdamW,
+        params,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
