@@ -19,7 +19,9 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from throughput import machine  # benchmarks/ is on the path as a script
 from torch import nn
 
@@ -28,19 +30,25 @@ from dlzoo.report.results import replace_between_markers
 from dlzoo.training.loop import build_experiment, prepare_batch
 
 
-def images_per_second(recipe: str, channels_last: bool, args: argparse.Namespace) -> tuple[float, bool]:
-    """(training images per second of ``recipe`` in one format, whether its model has a conv)."""
-    overrides = [
-        f"train.channels_last={'on' if channels_last else 'off'}",
-        f"train.threads={args.threads}",
-        f"data.data_dir={args.data_dir}",
-    ]
+class Rate(NamedTuple):
+    images_per_second: float
+    first_step_seconds: float
+    """With ``train.compile``, mostly the compile."""
+    epoch_images: int
+
+
+def training_rate(recipe: str, overrides: list[str], args: argparse.Namespace) -> Rate | None:
+    """How fast ``recipe`` with ``overrides`` trains, built as ``dlzoo train`` builds it
+    (``train.compile`` too); None if its model has no convolution."""
+    overrides = [*overrides, f"train.threads={args.threads}", f"data.data_dir={args.data_dir}"]
     exp = build_experiment(load_recipe(recipe, overrides))
     if not any(isinstance(m, nn.Conv2d) for m in exp.model.modules()):
-        return 0.0, False
+        return None
+    if exp.cfg.train.compile:
+        exp.task.step_model = torch.compile(exp.task.step_model)
     exp.model.train()
     batches = iter(exp.loaders.train)
-    seen, start = 0, 0.0
+    seen, start, first_step = 0, time.perf_counter(), 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             seen, start = 0, time.perf_counter()
@@ -52,7 +60,9 @@ def images_per_second(recipe: str, channels_last: bool, args: argparse.Namespace
         metrics = exp.task.train_step(prepare_batch(x, exp.channels_last), y)
         float(metrics["loss"])  # wait for the step to finish (a no-op on the CPU)
         seen += len(x)
-    return seen / (time.perf_counter() - start), True
+        if step == 0:
+            first_step = time.perf_counter() - start
+    return Rate(seen / (time.perf_counter() - start), first_step, exp.loaders.train.num_examples)
 
 
 def table(rows: list[dict]) -> str:
@@ -86,14 +96,14 @@ def main() -> None:
     recipes = args.recipes.split(",") if args.recipes else [cfg.recipe for cfg in list_recipes()]
     rows = []
     for recipe in recipes:
-        nchw, has_conv = images_per_second(recipe, False, args)
-        if not has_conv:
+        nchw = training_rate(recipe, ["train.channels_last=off"], args)
+        if nchw is None:
             continue
-        last, _ = images_per_second(recipe, True, args)
+        last = training_rate(recipe, ["train.channels_last=on"], args)
         cfg = load_recipe(recipe)
         rows.append(
-            {"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, "nchw": nchw,
-             "last": last, "asks": cfg.train.channels_last}
+            {"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size,
+             "nchw": nchw.images_per_second, "last": last.images_per_second, "asks": cfg.train.channels_last}
         )  # fmt: skip
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     command = "python benchmarks/memory_format.py " + " ".join(
