@@ -247,3 +247,30 @@ def test_a_foreign_or_truncated_best_checkpoint_is_one_clear_error(tmp_path, cap
     (best / "model.safetensors").write_bytes(b"")
     assert main(["predict", str(run), __file__]) == 2
     assert "unreadable" in capsys.readouterr().err
+
+
+def test_loading_weights_only_maps_the_training_state(tmp_path, monkeypatch):
+    """Testing, eval and predict need a checkpoint's weights, not its optimiser moments (for Adam
+    twice the weights' size): load_weights checks the state file but maps it instead of reading
+    it; a resume reads it."""
+    from dlzoo.models import create_model
+    from dlzoo.training import checkpoint
+
+    assert main(train_args(tmp_path, "--set", "train.epochs=1")) == 0
+    folder = only_run(tmp_path) / "checkpoints"
+    mapped = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        mapped.append(kwargs.get("mmap", False))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "load", spy)
+    in_shape = json.loads((only_run(tmp_path) / "run.json").read_text())["data"]["in_shape"]
+    model = create_model("lenet5", 10, tuple(in_shape))
+    step = checkpoint.load_weights(folder, "last", model)
+    weights = load_file(folder / (folder / "last").read_text().strip() / "model.safetensors")
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in weights.items())
+    state = checkpoint.load_checkpoint(folder, "last", model)
+    assert state["step"] == step > 0 and state["task"]["optimizers"]
+    assert mapped == [True, False]  # load_weights maps, the resume path reads

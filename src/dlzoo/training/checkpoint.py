@@ -123,8 +123,11 @@ def complete_checkpoints(folder: Path) -> list[str]:
     return sorted(names, key=_order)
 
 
-def _read(path: Path, model: nn.Module | None) -> tuple[int, dict[str, Any] | None]:
-    """Load one checkpoint folder into ``model``; returns (step, state or None if model is None)."""
+def _read(path: Path, model: nn.Module | None, mmap: bool = False) -> tuple[int, dict[str, Any] | None]:
+    """Load one checkpoint folder into ``model``; returns (step, state or None if model is None).
+
+    ``mmap``: map the state file instead of reading it, for a caller that checks the state but
+    does not use its tensors (the optimiser's moments can be twice the weights' size)."""
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}")
@@ -145,7 +148,7 @@ def _read(path: Path, model: nn.Module | None) -> tuple[int, dict[str, Any] | No
             first = str(error).splitlines()[0]
             raise CheckpointError(f"checkpoint {weights} does not fit this model: {first}") from None
     try:
-        state = torch.load(path / STATE, weights_only=True, map_location="cpu")
+        state = torch.load(path / STATE, weights_only=True, map_location="cpu", mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} has no {STATE}") from None
     except Exception as error:  # torch raises several types for a truncated or foreign file
@@ -165,22 +168,23 @@ def resolve(folder: Path, tag: str) -> Path:
     return folder / name
 
 
-def load_checkpoint(folder: Path, tag: str, model: nn.Module) -> dict[str, Any]:
-    """Load checkpoint ``tag`` into ``model`` and return its training state.
+def load_checkpoint(folder: Path, tag: str, model: nn.Module, mmap: bool = False) -> dict[str, Any]:
+    """Load checkpoint ``tag`` into ``model`` and return its training state (mapped, not read,
+    with ``mmap``).
 
     If ``last`` is unreadable, the newest older checkpoint that reads cleanly is used instead
     (with a note on stderr); a bad ``best`` is an error.
     """
     path = resolve(folder, tag)
     try:
-        return _read(path, model)[1] or {}
+        return _read(path, model, mmap)[1] or {}
     except CheckpointError as error:
         if tag != "last":
             raise
         older = [n for n in complete_checkpoints(folder) if _order(n) < _order(path.name)]
         for name in reversed(older):
             try:
-                state = _read(folder / name, model)[1] or {}
+                state = _read(folder / name, model, mmap)[1] or {}
             except CheckpointError:
                 continue
             print(f"note: {error}; using the previous checkpoint {folder / name}", flush=True)
@@ -189,5 +193,6 @@ def load_checkpoint(folder: Path, tag: str, model: nn.Module) -> dict[str, Any]:
 
 
 def load_weights(folder: Path, tag: str, model: nn.Module) -> int:
-    """Load only the weights of checkpoint ``tag`` into ``model``; returns its step."""
-    return int(load_checkpoint(folder, tag, model)["step"])
+    """Load only the weights of checkpoint ``tag`` into ``model``; returns its step. The training
+    state is checked but only mapped, never read into memory."""
+    return int(load_checkpoint(folder, tag, model, mmap=True)["step"])
