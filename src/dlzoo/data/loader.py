@@ -77,8 +77,8 @@ class Normalizer:
         """Fit on the training features: uint8 or [0, 1] float images (N, C, H, W), or float (N, D).
 
         ``resize``: fit on the images as the loader resizes them (``data.resize``), chunk by
-        chunk. Not the stored images: upscaling smooths them, and CIFAR-10 at 64x64 has a
-        per-channel std 2.6% below that of the 32x32 originals.
+        chunk. Not the stored images: upscaling smooths them, which lowers
+        the per-channel std.
         """
         kind = "image" if train_x.dim() == 4 else "tabular"
         if mode != "standard":

@@ -272,31 +272,21 @@ def rmsprop(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     )
 
 
+def _adam_settings(cfg: OptimConfig) -> dict[str, Any]:
+    return {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+
+
 @OPTIMIZERS.register("adam")
 def adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam; ``cfg.weight_decay`` is an L2 term added to the gradient."""
-    return _fastest(
-        torch.optim.Adam,
-        params,
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
+    return _fastest(torch.optim.Adam, params, **_adam_settings(cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): weight decay shrinks the weights directly,
     ``p -= lr * weight_decay * p``, instead of passing through Adam's normalisation."""
-    return _fastest(
-        torch.optim.AdamW,
-        params,
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
+    return _fastest(torch.optim.AdamW, params, **_adam_settings(cfg))
 
 
 @OPTIMIZERS.register("scratch_sgd")
