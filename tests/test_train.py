@@ -155,6 +155,32 @@ def test_max_steps_bounds_training(tmp_path):
     assert result.history[-1]["step"] == 7 and len(result.history) == 1
 
 
+def test_the_test_split_is_run_through_the_model_once_for_metrics_and_confusion_matrix(tmp_path):
+    from dlzoo.models.lenet import LeNet5
+
+    evaluated = []  # examples each eval-mode forward pass of the whole model took
+
+    def count(module, inputs, outputs):
+        if isinstance(module, LeNet5) and not module.training:
+            evaluated.append(len(inputs[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        overrides = ["train.max_steps=3", "log.tensorboard=false", *QUICK[1:]]  # no graph trace
+        result = dlzoo.train("digits-lenet5", overrides, runs_dir=str(tmp_path), quiet=True)
+        sizes = json.loads((result.run_dir / "run.json").read_text())["data"]
+        assert sum(evaluated) == sizes["val"] + sizes["test"], "one validation pass, one test pass"
+        evaluated.clear()
+        metrics = dlzoo.evaluate(result.run_dir, checkpoint="last")
+        assert sum(evaluated) == sizes["test"]
+    finally:
+        hook.remove()
+    confusion = json.loads((result.run_dir / "confusion.json").read_text())["matrix"]
+    correct = sum(row[i] for i, row in enumerate(confusion))
+    assert correct / sizes["test"] == pytest.approx(result.test["test_accuracy"])
+    assert metrics["confusion_matrix"] == confusion and metrics["accuracy"] == result.test["test_accuracy"]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from dlzoo.tasks.classify import ClassifyTask
 

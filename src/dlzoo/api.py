@@ -27,7 +27,7 @@ from dlzoo.report.results import ResultsTable, build_results, record_results, re
 from dlzoo.tasks.classify import class_probabilities, confusion_matrix
 from dlzoo.tasks.multitask import top_sequences
 from dlzoo.training.checkpoint import load_weights
-from dlzoo.training.loop import RunResult, pick_device, predict_classes
+from dlzoo.training.loop import ClassPredictions, RunResult, pick_device
 from dlzoo.training.loop import evaluate as evaluate_split
 from dlzoo.training.loop import train as train_config
 from dlzoo.training.lr_find import lr_find as run_range_test
@@ -190,10 +190,12 @@ def evaluate(
     run.model.to(device)
     loader = eval_loader(cfg.data, data, run.normalizer, device)
     task = TASKS.get(cfg.task.name)(run.model, cfg, len(run.classes))
+    predictions = ClassPredictions()  # filled by the same forward passes as the metrics
     metrics: dict[str, Any] = {
-        k.removeprefix(f"{split}_"): v for k, v in evaluate_split(task, loader, prefix=split).items()
+        k.removeprefix(f"{split}_"): v
+        for k, v in evaluate_split(task, loader, prefix=split, predictions=predictions).items()
     }
-    predicted, target = predict_classes(run.model, loader)  # (N,) or, multi-head, (N, heads)
+    predicted, target = predictions.tensors()  # (N,) or, multi-head, (N, heads)
     matrix = confusion_matrix(predicted.flatten(), target.flatten(), len(run.classes))  # heads pooled
     per_class = (matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
     metrics.update(

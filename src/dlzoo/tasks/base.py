@@ -3,10 +3,10 @@
 A task owns the model, its optimiser(s) and schedule(s), and says what a
 step does: ``train_step(x, y)`` computes the loss, updates the weights and
 returns ``{"loss": ..., **metrics}`` as 0-d tensors on the model's device;
-``eval_step(x, y)`` returns the same without updating. They stay tensors so that
-a GPU step never waits for the host: the loop reads them (one copy for all of
-them) only every ``train.sync_every`` steps, and checks there that the loss is
-finite. The loop (``dlzoo.training.loop``) owns everything else:
+``eval_step(x, y)`` returns the model's outputs and the same, without updating.
+They stay tensors so that a GPU step never waits for the host: the loop reads
+them (one copy for all of them) only every ``train.sync_every`` steps, and
+checks there that the loss is finite. The loop (``dlzoo.training.loop``) owns everything else:
 devices, precision, epochs, logging, checkpoints, early stopping. A task with
 two optimisers (a GAN) overrides ``configure_optimizers`` and ``train_step``,
 as a Keras ``train_step`` does.
@@ -78,13 +78,14 @@ class Task:
         return {"loss": loss.detach(), **self.batch_metrics(outputs.detach(), y)}
 
     @torch.no_grad()
-    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss and metrics of one batch, always in float32 (``autocast`` speeds up training only):
-        a run's validation and test numbers are then what ``dlzoo eval``, ``predict`` and an
-        exported model compute from the same weights, on any machine, with bfloat16 or without."""
+    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's outputs for one batch, and its loss and metrics, always in float32
+        (``autocast`` speeds up training only): a run's validation and test numbers are then what
+        ``dlzoo eval``, ``predict`` and an exported model compute from the same weights, on any
+        machine, with bfloat16 or without. The outputs let one pass also give the predictions."""
         outputs = self.model(x)
         loss = self.compute_loss(outputs, y)
-        return {"loss": loss, **self.batch_metrics(outputs, y)}
+        return outputs, {"loss": loss, **self.batch_metrics(outputs, y)}
 
     @property
     def lr(self) -> float:

@@ -251,36 +251,47 @@ def train_one_epoch(
     return {**means, "samples_per_second": samples_per_second}
 
 
+class ClassPredictions:
+    """The predicted and the true class of every example of a split, gathered batch by batch;
+    (N,) each, or (N, heads) for a multi-head model."""
+
+    def __init__(self) -> None:
+        self.predicted: list[torch.Tensor] = []
+        self.target: list[torch.Tensor] = []
+
+    def add(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
+        predicted = outputs.argmax(dim=-1) if outputs.dim() == 3 else predicted_class(outputs)
+        self.predicted.append(predicted.cpu())
+        self.target.append(y.cpu())
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.predicted), torch.cat(self.target)
+
+
 @torch.no_grad()
 def evaluate(
-    task: Task, loader: BatchLoader, channels_last: bool = False, prefix: str = "val"
+    task: Task,
+    loader: BatchLoader,
+    channels_last: bool = False,
+    prefix: str = "val",
+    predictions: ClassPredictions | None = None,
 ) -> dict[str, float]:
     """Example-weighted means of the task's eval metrics over a whole split (over every
-    process's part of it, for a sharded loader)."""
+    process's part of it, for a sharded loader); with ``predictions``, the same forward
+    passes also fill it with this process's predicted classes."""
     task.model.eval()
     sums = StepSums()
     for x, y in loader:
-        sums.add(task.eval_step(prepare_batch(x, channels_last), y), len(y))
+        outputs, metrics = task.eval_step(prepare_batch(x, channels_last), y)
+        sums.add(metrics, len(y))
+        if predictions is not None:
+            predictions.add(outputs, y)
     totals: dict[str, float] = defaultdict(float, sums.read())  # the one wait for the device
     if loader.world_size > 1:  # a process with no part of the split still adds its zeros
         names = [*task.metric_names(), "seen"]
         totals = sum_over_processes({name: totals[name] for name in names}, loader.world_size)
     seen = totals.pop("seen")
     return {f"{prefix}_{name}": total / seen for name, total in totals.items()}
-
-
-@torch.no_grad()
-def predict_classes(
-    model: nn.Module, loader: BatchLoader, channels_last: bool = False
-) -> tuple[torch.Tensor, ...]:
-    """(predicted, target) class indices over a whole split; (N, heads) each for a multi-head model."""
-    model.eval()
-    predicted, target = [], []
-    for x, y in loader:
-        outputs = model(prepare_batch(x, channels_last)).float()
-        predicted.append((outputs.argmax(dim=-1) if outputs.dim() == 3 else predicted_class(outputs)).cpu())
-        target.append(y.cpu())
-    return torch.cat(predicted), torch.cat(target)
 
 
 def improved(value: float, best: float | None, mode: str) -> bool:
@@ -485,9 +496,11 @@ def measure_test(
     (for a multi-head task: of every head's predictions pooled)."""
     tag = exp.cfg.train.test_checkpoint
     load_weights(run_dir / "checkpoints", tag, exp.model)
-    test = evaluate(exp.task, exp.loaders.test, exp.channels_last, prefix="test")
-    if exp.cfg.task.name in ("classify", "multitask"):
-        predicted, target = predict_classes(exp.model, exp.loaders.test, exp.channels_last)
+    classifies = exp.cfg.task.name in ("classify", "multitask")
+    predictions = ClassPredictions() if classifies else None
+    test = evaluate(exp.task, exp.loaders.test, exp.channels_last, prefix="test", predictions=predictions)
+    if predictions is not None:
+        predicted, target = predictions.tensors()
         matrix = confusion_matrix(predicted.flatten(), target.flatten(), len(exp.bundle.classes)).tolist()
         runinfo.write_json(run_dir / "confusion.json", {"classes": exp.bundle.classes, "matrix": matrix})
     return test, {"tag": tag, "epoch": state.best_epoch if tag == "best" else state.epoch}
