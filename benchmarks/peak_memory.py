@@ -4,9 +4,10 @@
         [--write docs/benchmarks.md]
 
 Each recipe runs in a fresh process (``dlzoo train RECIPE --set train.max_steps=N``), so
-its peak is its own: the imported libraries (torch's CUDA build alone is about 500 MiB of
-resident memory), the data set loaded in memory, the model, the optimiser state, the
-activations of a training step and of the validation and test passes that end every run.
+its peak is its own: the imported libraries (``import torch`` of the CUDA build alone peaks at
+696 MiB resident here, 292 MiB of it pages of the CUDA libraries that a CPU run never calls), the data set loaded
+in memory, the model, the optimiser state, the activations of a training step and of the
+validation and test passes that end every run.
 The number is the ``peak_rss_mib`` that ``run.json`` records. A full run can peak a few
 hundred MiB higher than the short one (why is not pinned down yet), so the
 table also shows the recipe's full run from ``--runs-dir`` when there is one, and the goal
