@@ -6,9 +6,9 @@
 Each recipe runs in a fresh process (``dlzoo train RECIPE --set train.max_steps=N``), so
 its peak is its own: the imported libraries (``import torch`` of the CUDA build alone peaks at
 696 MiB resident here, 292 MiB of it pages of CUDA libraries that a CPU run never calls; a
-torch.optim optimiser's first use imports torch._dynamo, about 180 MiB more), the data set loaded
-in memory, the model, the optimiser state, the activations of a training step
-and of the validation and test passes that end every run.
+torch.optim optimiser's first use imports torch._dynamo, about 180 MiB more), the data set
+loaded in memory, the model, the optimiser state, the activations of a training step and of the
+validation and test passes that end every run.
 The number is the ``peak_rss_mib`` that ``run.json`` records. A full run can peak a few
 hundred MiB higher than the short one (why is not pinned down yet), so the
 table also shows the recipe's full run from ``--runs-dir`` when there is one, and the goal
