@@ -254,6 +254,12 @@ def test_onecycle_peaks_at_max_lr_after_pct_start() -> None:
     assert default_peak == pytest.approx(10 * BASE_LR)
 
 
+def test_onecycle_refuses_a_one_step_warmup_that_torch_would_divide_by_zero_on() -> None:
+    # 0.25 of 4 steps (e.g. --set train.max_steps=4 with the default pct_start) was a ZeroDivisionError
+    with pytest.raises(ValueError, match="one-step warm-up.*schedule.pct_start or the number of steps"):
+        make_scheduled(ScheduleConfig(name="onecycle", pct_start=0.25), 4, 4)
+    assert len(lr_sequence(ScheduleConfig(name="onecycle", pct_start=0.25), 4, 8)) == 9  # 2 steps: fine
+
 @pytest.mark.parametrize("name", ["onecycle", "triangle", "cyclic"])
 def test_a_parameter_group_at_k_times_the_lr_keeps_that_share_of_max_lr(name: str) -> None:
     groups = [

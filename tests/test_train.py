@@ -74,6 +74,54 @@ def test_tensorboard_has_the_promised_series(digits_run):
     assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
 
 
+def test_histograms_count_every_value_in_equal_buckets_and_skip_what_cannot_be_drawn(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dlzoo.training.callbacks import HISTOGRAM_BINS, TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path, histograms=True)
+    values = torch.cat([torch.arange(300.0), torch.full((100,), 299.0)])  # 0..299, then 100 more at the top
+    logger.histogram("spread", values, 1)
+    logger.histogram("constant", torch.ones(7, 3), 1)  # airbench's fixed batch-norm scales
+    logger.histogram("diverged", torch.tensor([1.0, float("nan")]), 1)
+    logger.writer.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0}).Reload()
+    assert set(events.Tags()["histograms"]) == {"spread", "constant"}
+    (spread,) = events.Histograms("spread")
+    hist = spread.histogram_value
+    assert (hist.min, hist.max, hist.num) == (0.0, 299.0, 400)
+    assert hist.sum == pytest.approx(values.sum().item()) and hist.sum_squares == pytest.approx(
+        values.square().sum().item()
+    )
+    assert len(hist.bucket) == HISTOGRAM_BINS and hist.bucket_limit[-1] == pytest.approx(299.0)
+    assert list(hist.bucket) == [10.0] * (HISTOGRAM_BINS - 1) + [110.0]  # 10 values a bucket, the top one 110
+    (constant,) = events.Histograms("constant")
+    assert (list(constant.histogram_value.bucket), constant.histogram_value.min) == ([21.0], 1.0)
+
+
+def test_gradients_are_freed_after_each_step_but_the_epochs_last_which_its_histograms_show(
+    tmp_path, monkeypatch
+):
+    from dlzoo.tasks.base import Task
+
+    held = []  # per step: did the previous step's gradients live on into this one?
+    train_step = Task.train_step
+
+    def recording_step(self, x, y):
+        held.append(any(p.grad is not None for p in self.model.parameters()))
+        return train_step(self, x, y)
+
+    monkeypatch.setattr(Task, "train_step", recording_step)
+    dlzoo.train(
+        "digits-lenet5",
+        ["train.epochs=2", "train.threads=1", "log.progress=false"],
+        runs_dir=str(tmp_path),
+        quiet=True,
+    )
+    steps = len(held) // 2
+    assert steps > 2 and held == [False] * steps + [True] + [False] * (steps - 1)
+
+
 def test_same_seed_same_result(digits_run, tmp_path):
     again = dlzoo.train("digits-lenet5", QUICK, runs_dir=str(tmp_path), quiet=True)
     assert again.test == digits_run.test

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
 import warnings
@@ -15,6 +16,9 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+
+HISTOGRAM_BINS = 30
+"""Buckets of each TensorBoard histogram (tf.summary.histogram's default)."""
 
 
 class MetricsFile:
@@ -81,10 +85,30 @@ class TensorBoardLogger:
         self.scalars(values, step)
         if self.histograms:
             for name, parameter in model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", parameter.detach().float().cpu(), step)
+                self.histogram(f"weights/{name}", parameter.detach(), step)
                 if parameter.grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", parameter.grad.float().cpu(), step)
+                    self.histogram(f"gradients/{name}", parameter.grad, step)
         self.writer.flush()
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """A histogram of ``HISTOGRAM_BINS`` equal-width buckets, counted by torch in float32.
+        (``SummaryWriter.add_histogram`` copies the values to float64 and sorts them: for
+        AlexNet's 38M-weight layer that was 290 MiB more peak memory and 2.6 s an epoch.)
+        Non-finite values (a diverged run, which the loss check stops) are not logged."""
+        values = values.detach().flatten().float().cpu()
+        if not values.numel():
+            return
+        low, high = values.min().item(), values.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return
+        if low == high:  # one value: one bucket (histc would take the range from the data)
+            limits, counts = [high], [float(values.numel())]
+        else:
+            counts = torch.histc(values, bins=HISTOGRAM_BINS, min=low, max=high).tolist()
+            limits = torch.linspace(low, high, HISTOGRAM_BINS + 1)[1:].tolist()  # right edges
+        self.writer.add_histogram_raw(
+            tag, low, high, values.numel(), values.sum().item(), values.dot(values).item(), limits, counts, step
+        )
 
     def finish(self, hparams: dict[str, Any], results: dict[str, float]) -> None:
         simple = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}

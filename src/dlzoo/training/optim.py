@@ -516,6 +516,11 @@ def onecycle_schedule(
     OneCycleLR raises if stepped more than ``total_steps`` times.
     """
     _reject_warmup(cfg)
+    if cfg.pct_start * total_steps == 1:  # OneCycleLR's first phase would end where it starts (0 / 0)
+        raise ValueError(
+            f"schedule.pct_start {cfg.pct_start} of {total_steps} steps is a one-step warm-up, which "
+            "torch's OneCycleLR cannot take; change schedule.pct_start or the number of steps"
+        )
     return OneCycleLR(
         optimizer,
         max_lr=_peak_lrs(optimizer, cfg),
