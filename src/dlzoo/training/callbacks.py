@@ -106,9 +106,8 @@ class TensorBoardLogger:
         else:
             counts = torch.histc(values, bins=HISTOGRAM_BINS, min=low, max=high).tolist()
             limits = torch.linspace(low, high, HISTOGRAM_BINS + 1)[1:].tolist()  # right edges
-        self.writer.add_histogram_raw(
-            tag, low, high, values.numel(), values.sum().item(), values.dot(values).item(), limits, counts, step
-        )
+        total, squares = values.sum().item(), values.dot(values).item()
+        self.writer.add_histogram_raw(tag, low, high, values.numel(), total, squares, limits, counts, step)
 
     def finish(self, hparams: dict[str, Any], results: dict[str, float]) -> None:
         simple = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
