@@ -260,6 +260,7 @@ def test_onecycle_refuses_a_one_step_warmup_that_torch_would_divide_by_zero_on()
         make_scheduled(ScheduleConfig(name="onecycle", pct_start=0.25), 4, 4)
     assert len(lr_sequence(ScheduleConfig(name="onecycle", pct_start=0.25), 4, 8)) == 9  # 2 steps: fine
 
+
 @pytest.mark.parametrize("name", ["onecycle", "triangle", "cyclic"])
 def test_a_parameter_group_at_k_times_the_lr_keeps_that_share_of_max_lr(name: str) -> None:
     groups = [
