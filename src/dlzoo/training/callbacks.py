@@ -92,8 +92,8 @@ class TensorBoardLogger:
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         """A histogram of ``HISTOGRAM_BINS`` equal-width buckets, counted by torch in float32.
-        (``SummaryWriter.add_histogram`` copies the values to float64 and sorts them: for
-        AlexNet's 38M-weight layer that was 290 MiB more peak memory and 2.6 s an epoch.)
+        (``SummaryWriter.add_histogram`` copies the values to float64 and sorts them: hundreds
+        of MiB of peak memory and seconds an epoch for a layer of tens of millions of weights.)
         Non-finite values (a diverged run, which the loss check stops) are not logged."""
         values = values.detach().flatten().float().cpu()
         if not values.numel():
