@@ -236,12 +236,13 @@ def train_one_epoch(
         state.step += 1
         state.batch += 1
         out_of_steps = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
-        if not (out_of_steps or state.batch == len(loader)):  # the epoch's last ones stay, for its histograms
-            # free the gradients now, not when the next step starts: else they are held
-            # through its forward pass, beside its activations (AlexNet: 218 MiB at the peak)
+        last = out_of_steps or state.batch == len(loader)  # the epoch's last step
+        if not last:  # its gradients stay, for the epoch's histograms; the others are freed now,
+            # not when the next step starts: else they are held through its forward pass,
+            # beside its activations (AlexNet: 218 MiB at the peak)
             task.model.zero_grad(set_to_none=True)
         loss = None
-        if state.step % every == 0 or state.batch == len(loader) or out_of_steps:
+        if state.step % every == 0 or last:
             loss = read_step_sums(pending, totals, read_at, state.step)
             read_at = state.step
         progress.advance(len(y), loss)
