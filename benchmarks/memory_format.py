@@ -27,6 +27,7 @@ from torch import nn
 
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.report.results import replace_between_markers
+from dlzoo.training.allocator import freed_memory_kept
 from dlzoo.training.loop import build_experiment, prepare_batch
 
 
@@ -49,20 +50,22 @@ def training_rate(recipe: str, overrides: list[str], args: argparse.Namespace) -
     exp.model.train()
     batches = iter(exp.loaders.train)
     seen, start, first_step = 0, time.perf_counter(), 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            seen, start = 0, time.perf_counter()
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(exp.loaders.train)
-            x, y = next(batches)
-        metrics = exp.task.train_step(prepare_batch(x, exp.channels_last), y)
-        float(metrics["loss"])  # wait for the step to finish (a no-op on the CPU)
-        seen += len(x)
-        if step == 0:
-            first_step = time.perf_counter() - start
-    return Rate(seen / (time.perf_counter() - start), first_step, exp.loaders.train.num_examples)
+    with freed_memory_kept(exp.cfg.train.reuse_memory):  # as the loop trains
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                seen, start = 0, time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(exp.loaders.train)
+                x, y = next(batches)
+            metrics = exp.task.train_step(prepare_batch(x, exp.channels_last), y)
+            float(metrics["loss"])  # wait for the step to finish (a no-op on the CPU)
+            seen += len(x)
+            if step == 0:
+                first_step = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    return Rate(seen / seconds, first_step, exp.loaders.train.num_examples)
 
 
 def table(rows: list[dict]) -> str:

@@ -55,6 +55,7 @@ from dlzoo.models import create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.results import replace_between_markers
 from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
+from dlzoo.training.allocator import freed_memory_kept
 from dlzoo.training.loop import bf16_supported
 from dlzoo.training.run import cpu_name
 
@@ -133,7 +134,8 @@ def run_dlzoo(
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
         task.train_step(inputs.contiguous(memory_format=memory_format), labels)
 
-    rate = timed(step, endless(lambda: loader), args.warmup, args.steps)
+    with freed_memory_kept():  # as ``dlzoo train`` runs its epochs (train.reuse_memory)
+        rate = timed(step, endless(lambda: loader), args.warmup, args.steps)
     return {"images_per_second": rate, "parameters": sum(p.numel() for p in model.parameters())}
 
 

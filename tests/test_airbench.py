@@ -11,7 +11,7 @@ import dlzoo
 from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle, Split
 from dlzoo.models import create_model
-from dlzoo.models.airbench import PatchWhitening
+from dlzoo.models.airbench import MaxPool2x2, PatchWhitening
 from dlzoo.registry import DATASETS, TASKS
 from dlzoo.training.loop import build_experiment
 
@@ -182,3 +182,59 @@ def test_the_loop_fits_the_whitening_to_the_first_normalised_training_images(tin
     result = dlzoo.train(cfg, quiet=True)
     saved = load_file(str(result.run_dir / "checkpoints" / "epoch-0001" / "model.safetensors"))
     torch.testing.assert_close(saved["features.0.weight"], expected.weight)
+
+
+def saved_bytes(fn, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors that ``fn(x)`` keeps for its backward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "channels_last"),
+    [
+        ((4, 8, 31, 31), torch.bfloat16, True),  # airbench's first pool: odd sides drop a row and column
+        ((3, 5, 14, 10), torch.float32, False),
+        ((2, 3, 300, 300), torch.float32, False),  # W + 1 >= 256: keeps torch's int64 indices
+    ],
+)
+def test_compact_max_pool_gives_torchs_outputs_and_gradients_and_keeps_a_byte_per_output(
+    shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(shape).round(decimals=1).to(dtype)  # rounded: ties inside windows, which pick the first
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).to(dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pooled = MaxPool2x2()(ours)
+    expected = F.max_pool2d(theirs, 2)
+    assert torch.equal(pooled, expected)
+    pooled.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(ours.grad, theirs.grad)
+    assert ours.grad.stride() == theirs.grad.stride()  # the layout the next layer backward expects
+    kept, torch_kept = saved_bytes(MaxPool2x2(), ours), saved_bytes(lambda t: F.max_pool2d(t, 2), theirs)
+    if shape[-1] + 1 < 256:
+        assert kept == pooled.numel()  # one byte per output
+        assert torch_kept == x.numel() * x.element_size() + pooled.numel() * 8  # the input and int64 indices
+    else:
+        assert kept == pooled.numel() * 8
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_compact_max_pool_keeps_nothing_without_gradients_and_traces_as_torchs() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), F.max_pool2d(x, 2))
+    assert saved_bytes(MaxPool2x2(), x) == 0  # an input without requires_grad: nothing to keep
+    graph = str(torch.jit.trace(MaxPool2x2(), x.requires_grad_()).graph)  # as TensorBoard's graph sees it
+    assert "aten::max_pool2d" in graph
+    assert "_MaxPool2x2" not in graph  # a Python autograd op, which the graph view cannot show

@@ -26,6 +26,8 @@ averaging) is the recipe ``cifar10-airbench``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -92,6 +94,57 @@ class PatchWhitening(nn.Module):
         self.bias.copy_(-(weight @ mean))
 
 
+def window_corners(width: int, out_size: torch.Size, device: torch.device) -> Tensor:
+    """(h, w) int64: the flat index (row * width + column) of each 2x2 window's top-left pixel."""
+    rows, columns = out_size
+    row_starts = torch.arange(rows, device=device).mul_(2 * width)
+    return row_starts[:, None] + torch.arange(columns, device=device).mul_(2)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """2x2 max-pool, stride 2, that keeps one byte per output for its backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y, indices = F.max_pool2d(x, 2, return_indices=True)  # int64: row * W + column in x's plane
+        ctx.corners = window_corners(x.shape[-1], y.shape[-2:], x.device)
+        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.input_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Each index is its window's corner plus 0, 1, W or W + 1: with the corners known, the
+        # index's lowest byte (index mod 256) tells these apart while W + 1 < 256.
+        ctx.save_for_backward(indices.to(torch.uint8) if x.shape[-1] + 1 < 256 else indices)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (indices,) = ctx.saved_tensors
+        if indices.dtype == torch.uint8:  # (byte - corner's byte) mod 256 is the offset in the window
+            indices = (indices - ctx.corners.to(torch.uint8)).long().add_(ctx.corners)
+        # torch's kernel reads only the input's shape and layout: an empty tensor lends them.
+        like = torch.empty(
+            ctx.input_shape, dtype=ctx.input_dtype, device=grad.device, memory_format=ctx.input_format
+        )
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, like, 2, 2, 0, 1, False, indices)
+
+
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` with the same outputs and gradients, keeping a sixteenth of its memory
+    for the backward pass (in bfloat16).
+
+    torch's max-pool keeps its input and an int64 index per output for the backward pass: at
+    batch 1024, 486 of the 931 MiB that airbench's training step keeps. The gradient needs only
+    which pixel of each window was the maximum, so this keeps the lowest byte of torch's index,
+    rebuilds the index from it in the backward pass and hands it to torch's own backward kernel.
+    The two casts cost about 1.4% of airbench's step (docs/benchmarks.md, Peak memory).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing():
+            return F.max_pool2d(x, 2)  # nothing to keep for a backward pass
+        return _MaxPool2x2.apply(x)
+
+
 class Scale(nn.Module):
     """Multiply by a fixed ``factor``."""
 
@@ -126,7 +179,7 @@ def conv_group(in_channels: int, out_channels: int) -> nn.Sequential:
     """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU."""
     return nn.Sequential(
         dirac_conv(in_channels, out_channels),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
         batch_norm(out_channels),
         nn.GELU(),
         dirac_conv(out_channels, out_channels),

@@ -62,6 +62,7 @@ MARKERS = markers("results")
 SAME_RECIPE_KEYS = (
     "train.seed",
     "train.threads",
+    "train.reuse_memory",
     "train.channels_last",
     "data.eval_batch_size",
     "data.data_dir",

@@ -39,6 +39,7 @@ from dlzoo.tasks import NonFiniteLossError, Task
 from dlzoo.tasks.classify import confusion_matrix, predicted_class
 from dlzoo.training import distributed
 from dlzoo.training import run as runinfo
+from dlzoo.training.allocator import freed_memory_kept
 from dlzoo.training.callbacks import MetricsFile, ProgressBar, TensorBoardLogger
 from dlzoo.training.checkpoint import (
     checkpoint_name,
@@ -604,7 +605,10 @@ def train(
     started = time.perf_counter() - state.train_seconds
     try:
         while state.epoch < cfg.train.epochs:
-            row = train_one_epoch(exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last, stop)
+            with freed_memory_kept(cfg.train.reuse_memory):
+                row = train_one_epoch(
+                    exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last, stop
+                )
             if exp.loaders.val is not None:
                 row.update(evaluate(exp.task, exp.loaders.val, exp.channels_last))
             state.epoch += 1

@@ -1,0 +1,91 @@
+"""Freed memory kept for reuse against glibc's default, per recipe: what ``train.reuse_memory`` buys.
+
+    .venv/bin/python benchmarks/allocator.py [--recipes cifar10-airbench,...] [--threads 2]
+        [--steps 10] [--repeats 2] [--write docs/benchmarks.md]
+
+Each recipe's experiment is built as ``dlzoo train`` builds it and timed for ``--steps`` training
+steps after ``--warmup`` dropped ones, with ``train.reuse_memory=false`` (glibc's malloc as it
+is: blocks over its mmap threshold, which it raises up to 32 MiB, go back to the kernel when freed
+and come back as zeroed pages, one page fault each) and ``=true`` (``dlzoo.training.allocator``:
+blocks under 1 GiB stay in the heap through the epoch). The two alternate ``--repeats`` times, in
+turn first, so that a machine whose speed drifts does not favour either; the table gives the
+median of each and their ratio. Only recipes whose steps free blocks over 32 MiB can gain (large
+batches, large layers); peak memory is ``benchmarks/peak_memory.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+from memory_format import training_rate  # benchmarks/ is on the path as a script
+from throughput import machine
+
+from dlzoo.recipes import load_recipe
+from dlzoo.report.results import replace_between_markers
+
+DEFAULT_RECIPES = (
+    "cifar10-airbench",
+    "cifar10-alexnet",
+    "cifar10-alexnet8",
+    "cifar10-vgg16",
+    "cifar10-resnet18",
+    "cifar10-keras-cnn",
+    "mnist-fast",
+)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | model | batch | glibc default img/s | reuse_memory img/s | reuse / default |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        off, on = statistics.median(row["off"]), statistics.median(row["on"])
+        lines.append(
+            f"| {row['recipe']} | {row['model']} | {row['batch']} | {off:.0f} | {on:.0f} | {on / off:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2, help="times each setting is timed, alternating")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--write", metavar="FILE", help="replace the allocator section of FILE")
+    args = parser.parse_args()
+    rows = []
+    for recipe in args.recipes.split(","):
+        cfg = load_recipe(recipe)
+        row = {"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, "off": [], "on": []}
+        for repeat in range(args.repeats):
+            for setting in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                value = "true" if setting == "on" else "false"
+                rate = training_rate(recipe, [f"train.reuse_memory={value}"], args)
+                if rate is None:
+                    raise SystemExit(f"error: {recipe} has no convolution; choose conv recipes")
+                row[setting].append(rate.images_per_second)
+        rows.append(row)
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    report = (
+        f"Machine: {machine()}; {args.threads} threads, {args.warmup} warm-up + {args.steps} timed training "
+        f"steps, each setting {args.repeats} times (alternating; the median), the recipe's own batch, data, "
+        f"precision and memory format.\n"
+        f"Command: `python benchmarks/allocator.py --recipes {args.recipes} --threads {args.threads} "
+        f"--steps {args.steps} --repeats {args.repeats} --write docs/benchmarks.md`\n\n{table(rows)}"
+    )
+    print(report)
+    if args.write:
+        replace_between_markers(Path(args.write), report, section="allocator")
+
+
+if __name__ == "__main__":
+    main()
