@@ -16,11 +16,10 @@ batches, large layers); peak memory is ``benchmarks/peak_memory.py``'s.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from pathlib import Path
 
-from memory_format import training_rate  # benchmarks/ is on the path as a script
+from memory_format import add_timing_arguments, training_rate  # benchmarks/ is on the path
 from throughput import machine
 
 from dlzoo.recipes import load_recipe
@@ -55,11 +54,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    add_timing_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2, help="times each setting is timed, alternating")
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--write", metavar="FILE", help="replace the allocator section of FILE")
     args = parser.parse_args()
     rows = []

@@ -38,6 +38,14 @@ class Rate(NamedTuple):
     epoch_images: int
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``training_rate`` reads: --threads, --warmup, --steps, --data-dir."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 def training_rate(recipe: str, overrides: list[str], args: argparse.Namespace) -> Rate | None:
     """How fast ``recipe`` with ``overrides`` trains, built as ``dlzoo train`` builds it
     (``train.compile`` too); None if its model has no convolution."""
@@ -90,10 +98,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recipes", help="comma-separated recipe names (default: every conv recipe)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    add_timing_arguments(parser)
     parser.add_argument("--write", metavar="FILE", help="replace the memory-format section of FILE")
     args = parser.parse_args()
     recipes = args.recipes.split(",") if args.recipes else [cfg.recipe for cfg in list_recipes()]

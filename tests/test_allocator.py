@@ -85,6 +85,6 @@ def test_the_loop_keeps_freed_memory_around_each_training_epoch_as_train_reuse_m
         yield enabled
 
     monkeypatch.setattr("dlzoo.training.loop.freed_memory_kept", recorded)
-    overrides = ["train.epochs=2", "train.max_steps=0", f"train.reuse_memory={str(reuse).lower()}"]
+    overrides = ["train.epochs=2", f"train.reuse_memory={str(reuse).lower()}"]
     dlzoo.train("digits-lenet5", [*overrides, "log.tensorboard=false"], runs_dir=str(tmp_path), quiet=True)
     assert entered == [reuse, reuse]

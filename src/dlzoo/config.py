@@ -318,8 +318,8 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch's intra-op parallelism (0 = torch's default, one per core)."""
     reuse_memory: bool = True
-    """Keep freed blocks under 1 GiB in the process for the next step (glibc's malloc, Linux; no
-    effect elsewhere), instead of returning them and faulting them in again every step."""
+    """During the training epochs, keep freed blocks under 1 GiB for the next step (glibc's malloc,
+    Linux; no effect elsewhere) instead of returning them to the kernel and faulting them in again."""
     sync_batchnorm: bool = False
     """Data-parallel runs: batch-norm statistics over the global batch, not each process's part."""
     sync_every: int = 0

@@ -10,7 +10,8 @@ in about 3.5 seconds on an A100), written from its description.
 - Three conv groups of 64, 256, 256 channels (scaled by ``width_mult``), each conv 3x3 ->
   max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU. The convs have no bias and start with
   their first filters as the identity (dirac initialisation); the batch norms keep their scale
-  at 1 and learn only their shift, at 64x the learning rate (``lr_multipliers``).
+  at 1 and learn only their shift, at 64x the learning rate (``lr_multipliers``). The max-pools
+  are torch's, keeping one byte per output for the backward pass (``MaxPool2x2``).
 - Global max-pool, then a linear head without bias whose logits are multiplied by 1/9.
 - Test-time augmentation in eval mode, by level (``tta``, airbench94's levels): 0 none;
   1 (the default) the mean of the logits of the image and of its mirror image; 2 half of
