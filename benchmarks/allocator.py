@@ -19,7 +19,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from memory_format import add_timing_arguments, training_rate  # benchmarks/ is on the path
+from memory_format import add_timing_arguments, alternating_rates  # benchmarks/ is on the path
 from throughput import machine
 
 from dlzoo.recipes import load_recipe
@@ -61,15 +61,9 @@ def main() -> None:
     rows = []
     for recipe in args.recipes.split(","):
         cfg = load_recipe(recipe)
-        row = {"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, "off": [], "on": []}
-        for repeat in range(args.repeats):
-            for setting in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                value = "true" if setting == "on" else "false"
-                rate = training_rate(recipe, [f"train.reuse_memory={value}"], args)
-                if rate is None:
-                    raise SystemExit(f"error: {recipe} has no convolution; choose conv recipes")
-                row[setting].append(rate.images_per_second)
-        rows.append(row)
+        settings = {"off": ["train.reuse_memory=false"], "on": ["train.reuse_memory=true"]}
+        rates = alternating_rates(recipe, settings, args)
+        rows.append({"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, **rates})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     report = (
         f"Machine: {machine()}; {args.threads} threads, {args.warmup} warm-up + {args.steps} timed training "

@@ -76,6 +76,22 @@ def training_rate(recipe: str, overrides: list[str], args: argparse.Namespace) -
     return Rate(seen / seconds, first_step, exp.loaders.train.num_examples)
 
 
+def alternating_rates(
+    recipe: str, settings: dict[str, list[str]], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Images per second of ``recipe`` under each named set of overrides, each timed
+    ``args.repeats`` times, the order reversed on every other repeat so that a machine whose speed
+    drifts favours no setting."""
+    rates: dict[str, list[float]] = {name: [] for name in settings}
+    for repeat in range(args.repeats):
+        for name in list(settings) if repeat % 2 == 0 else list(settings)[::-1]:
+            rate = training_rate(recipe, settings[name], args)
+            if rate is None:
+                raise SystemExit(f"error: {recipe} has no convolution; choose conv recipes")
+            rates[name].append(rate.images_per_second)
+    return rates
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| recipe | model | batch | NCHW img/s | channels-last img/s | channels-last / NCHW | recipe asks "

@@ -38,12 +38,13 @@ def cifar10_recipes() -> list[str]:
     return [cfg.recipe for cfg in list_recipes() if cfg.data.name == "cifar10"]
 
 
-def short_run_peak(recipe: str, args: argparse.Namespace) -> float:
-    """``peak_rss_mib`` of a ``--steps``-step run of ``recipe`` in its own process."""
+def short_run_peak(recipe: str, args: argparse.Namespace, overrides: tuple[str, ...] = ()) -> float:
+    """``peak_rss_mib`` of a ``--steps``-step run of ``recipe`` (with ``overrides``) in its own process."""
     with tempfile.TemporaryDirectory() as runs:
         command = [
             sys.executable, "-m", "dlzoo", "train", recipe, "--data-dir", args.data_dir, "--runs-dir", runs,
             "--set", f"train.max_steps={args.steps}", "--set", f"train.threads={args.threads}",
+            *(part for override in overrides for part in ("--set", override)),
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -1,7 +1,11 @@
 """The loop end to end on the bundled digits: the loss falls, the run folder holds what
 it promises, and a bad run stops with a clear error and nothing half-written."""
 
+import contextlib
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -378,6 +382,106 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert moved <= 0.01 + 1e-6  # lr 1 x clipped gradient norm 0.01
     assert moved > 0.005
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_memory_is_the_runs_own_not_the_process_that_started_it():
+    # a parent holding 2.5 GiB starts a child that reports its peak; getrusage's ru_maxrss
+    # would give the child at least the parent's 2.5 GiB (Linux keeps it across the exec)
+    parent = (
+        "import subprocess, sys\n"
+        "held = b'x' * (2560 << 20)\n"
+        "child = 'from dlzoo.training.run import peak_rss_mib; print(peak_rss_mib())'\n"
+        "done = subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True)\n"
+        "print(done.stdout)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True)
+    assert 10 < float(done.stdout) < 2048, "the child's own peak (importing torch: about 700 MiB)"
+
+
+def one_step(micro_batches: int, x: torch.Tensor, y: torch.Tensor, wrap=None):
+    """The mlp's weights and step metrics after one SGD step on (x, y) in ``micro_batches`` chunks."""
+    from dlzoo.models import create_model
+    from dlzoo.tasks.classify import ClassifyTask
+
+    overrides = ["optim.name=sgd", "optim.lr=0.5", f"train.micro_batches={micro_batches}"]
+    cfg = load_recipe("digits-lenet5", overrides)
+    torch.manual_seed(0)
+    model = create_model("mlp", 10, (1, 8, 8))
+    task = ClassifyTask(model, cfg, 10)
+    if wrap is not None:
+        task.step_model = wrap(model)
+    task.configure_optimizers(steps_per_epoch=1, total_steps=1)
+    metrics = task.train_step(x, y)
+    return [p.detach().clone() for p in model.parameters()], {k: float(v) for k, v in metrics.items()}
+
+
+def test_micro_batches_make_the_whole_batch_step_one_chunk_at_a_time():
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    whole, whole_metrics = one_step(1, x, y)
+    events = []
+
+    class Recorded(torch.nn.Module):  # logs each forward's batch and each backward pass
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs):
+            events.append(f"forward {len(inputs)}")
+            outputs = self.model(inputs)
+            outputs.register_hook(lambda grad: events.append("backward"))
+            return outputs
+
+    chunked, chunked_metrics = one_step(3, x, y, wrap=Recorded)
+    # 16 examples in chunks of 6, 5, 5, each one's backward done before the next forward: only
+    # one chunk's activations are alive at a time
+    assert events == ["forward 6", "backward", "forward 5", "backward", "forward 5", "backward"]
+    # each chunk weighted by its share: the same update and metrics as the whole batch (equal
+    # weights of 1/3 would give other gradients for chunks of 6, 5, 5)
+    for after, expected in zip(chunked, whole):
+        torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+    assert chunked_metrics == pytest.approx(whole_metrics, rel=1e-5)
+
+
+def test_micro_batches_average_data_parallel_gradients_once_in_the_last_chunk():
+    held_back = []
+
+    class FakeDataParallel(torch.nn.Module):  # DDP's no_sync: skip the all-reduce of a backward
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.syncing = True
+
+        def forward(self, inputs):
+            outputs = self.model(inputs)
+            held_back.append(not self.syncing)
+            return outputs
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            try:
+                yield
+            finally:
+                self.syncing = True
+
+    torch.manual_seed(1)
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    one_step(4, x, y, wrap=FakeDataParallel)
+    assert held_back == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.micro_batches=0"], "train.micro_batches must be >= 1"),
+        (["data.batch_size=4", "train.micro_batches=8"], "must be at most data.batch_size (4)"),
+    ],
+)
+def test_bad_micro_batches_are_errors(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_recipe("digits-lenet5", overrides)
 
 
 def test_an_epoch_callback_sees_each_row_and_can_stop_the_run(tmp_path):

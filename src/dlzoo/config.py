@@ -320,6 +320,10 @@ class TrainConfig:
     reuse_memory: bool = True
     """During the training epochs, keep freed blocks under 1 GiB for the next step (glibc's malloc,
     Linux; no effect elsewhere) instead of returning them to the kernel and faulting them in again."""
+    micro_batches: int = 1
+    """Split each training batch into this many chunks, run forward and backward on one after
+    the other and step once (gradient accumulation): the batch's update for about 1/N of the
+    activation memory, except that batch norm sees each chunk's statistics."""
     sync_batchnorm: bool = False
     """Data-parallel runs: batch-norm statistics over the global batch, not each process's part."""
     sync_every: int = 0
@@ -350,6 +354,8 @@ class TrainConfig:
         _check_choice("train.test_checkpoint", self.test_checkpoint, ("best", "last"))
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.micro_batches < 1:
+            raise ValueError(f"train.micro_batches must be >= 1 (1 = no splitting), got {self.micro_batches}")
         for name in (
             "max_steps",
             "early_stopping_patience",
@@ -435,6 +441,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.micro_batches > self.data.batch_size:
+            raise ValueError(
+                f"train.micro_batches ({self.train.micro_batches}) must be at most data.batch_size "
+                f"({self.data.batch_size}): each chunk needs at least one example"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], recipe: str = "custom") -> RunConfig:

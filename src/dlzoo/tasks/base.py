@@ -66,16 +66,41 @@ class Task:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         (optimizer,) = self.optimizers
         optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            outputs = self.step_model(x)
-            loss = self.compute_loss(outputs, y)
-        loss.backward()
+        metrics = self.accumulate_gradients(x, y)
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         optimizer.step()
         for scheduler in self.schedulers:
             scheduler.step()
-        return {"loss": loss.detach(), **self.batch_metrics(outputs.detach(), y)}
+        return metrics
+
+    def accumulate_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward and backward over the batch in ``train.micro_batches`` chunks, one after the
+        other, each chunk's loss weighted by its share of the batch: the gradient of the batch's
+        mean loss (``compute_loss`` is a mean over examples), for the activation memory of one
+        chunk; batch norm alone differs, normalising each chunk by its own statistics. Returns
+        the batch's loss and metrics (0-d tensors)."""
+        chunks = min(self.cfg.train.micro_batches, len(y))
+        if chunks == 1:  # the plain step, no scaling
+            with self.autocast():
+                outputs = self.step_model(x)
+                loss = self.compute_loss(outputs, y)
+            loss.backward()
+            return {"loss": loss.detach(), **self.batch_metrics(outputs.detach(), y)}
+        # data-parallel: gradients are averaged over the processes once, in the last backward
+        hold_back = getattr(self.step_model, "no_sync", contextlib.nullcontext)
+        sums: dict[str, torch.Tensor] = {}
+        for index, (x_chunk, y_chunk) in enumerate(zip(x.tensor_split(chunks), y.tensor_split(chunks))):
+            share = len(y_chunk) / len(y)
+            with hold_back() if index < chunks - 1 else contextlib.nullcontext():
+                with self.autocast():
+                    outputs = self.step_model(x_chunk)
+                    loss = self.compute_loss(outputs, y_chunk)
+                (loss * share).backward()
+            chunk = {"loss": loss.detach(), **self.batch_metrics(outputs.detach(), y_chunk)}
+            for name, value in chunk.items():
+                sums[name] = sums[name] + value * share if name in sums else value * share
+        return sums
 
     @torch.no_grad()
     def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

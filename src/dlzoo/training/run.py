@@ -64,10 +64,20 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far, in MiB. On Linux, ``VmHWM`` of
+    /proc/self/status, the peak of this program's own memory: getrusage's ``ru_maxrss`` also
+    counts the process that started it (its peak up to the exec), so a run started by a large
+    process, such as a benchmark that has trained in memory, would report that process's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # "VmHWM:  123456 kB"
+    except OSError:
+        pass  # not Linux
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, the BSDs: KiB
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
