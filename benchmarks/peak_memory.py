@@ -27,8 +27,9 @@ from pathlib import Path
 
 from throughput import machine  # benchmarks/ is on the path as a script
 
+from dlzoo.config import RunConfig
 from dlzoo.recipes import list_recipes, load_recipe
-from dlzoo.report.results import replace_between_markers
+from dlzoo.report.results import differences, replace_between_markers
 
 HERE = Path(__file__).resolve().parent
 GOAL_MIB = 2048.0
@@ -54,14 +55,18 @@ def short_run_peak(recipe: str, args: argparse.Namespace, overrides: tuple[str, 
 
 
 def full_run_peak(recipe: str, runs_dir: Path) -> float | None:
-    """The peak of the newest finished run of ``recipe`` in ``runs_dir`` that ran all its
-    epochs, if it recorded one."""
-    epochs = load_recipe(recipe).train.epochs
+    """The peak of the newest finished run in ``runs_dir`` of ``recipe`` as written (all its
+    epochs, no override but those ``dlzoo results`` allows, such as the thread count), if it
+    recorded one."""
+    written = load_recipe(recipe)
     for info in sorted(runs_dir.glob(f"{recipe}/*/run.json"), reverse=True):
         run = json.loads(info.read_text())
-        train = json.loads((info.parent / "config.json").read_text())["train"]
-        full = train["epochs"] == epochs and not train["max_steps"]
-        if full and run.get("status") == "finished" and run.get("peak_rss_mib"):
+        raw = json.loads((info.parent / "config.json").read_text())
+        try:
+            as_written = not differences(written, RunConfig.from_dict(raw, raw.pop("recipe")))
+        except (ValueError, TypeError, KeyError):  # a config of an older dlzoo: not comparable
+            continue
+        if as_written and run.get("status") == "finished" and run.get("peak_rss_mib"):
             return float(run["peak_rss_mib"])
     return None
 
