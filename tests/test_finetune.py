@@ -6,10 +6,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 import dlzoo
 from dlzoo.cli import main
+from dlzoo.config import RunConfig
 from dlzoo.models import create_model
+from dlzoo.tasks.classify import ClassifyTask
 from dlzoo.training.finetune import freeze, parameter_groups
 
 QUICK = ["train.epochs=2", "train.threads=1", "log.tensorboard=false", "log.plots=false"]
@@ -93,6 +96,25 @@ def test_features_lr_mult_makes_two_parameter_groups():
     frozen = freeze(model, ["features.0.*"])
     assert frozen == ["features.0.weight", "features.0.bias"]
     assert not model.features[0].weight.requires_grad and model.features[3].weight.requires_grad
+
+
+def test_muon_takes_the_features_weight_matrices_and_leaves_the_head_and_biases_to_sgd():
+    model = create_model("airbench", 10, (3, 32, 32), width_mult=0.25)
+    cfg = RunConfig.from_dict(
+        {"model": {"name": "airbench", "features_lr_mult": 0.5},
+         "optim": {"name": "muon", "lr": 0.1, "muon_lr": 0.02, "weight_decay": 1e-3}}
+    )  # fmt: skip
+    task = ClassifyTask(model, cfg, 10)
+    task.configure_optimizers(10, 100)
+    groups = task.optimizers[0].param_groups
+    hidden = [g for g in groups if g["orthogonal"]]
+    convs = [m.weight for m in model.features.modules() if isinstance(m, nn.Conv2d)]
+    assert [id(p) for g in hidden for p in g["params"]] == [id(p) for p in convs]  # 6 convs, not the head
+    assert [(g["lr"], g["weight_decay"]) for g in hidden] == [(0.01, 0.0)]  # muon_lr x features_lr_mult
+    head = next(g for g in groups if any(p is model.head.weight for p in g["params"]))
+    assert (head["lr"], head["weight_decay"], head["orthogonal"]) == (0.1, 1e-3, False)
+    with pytest.raises(ValueError, match="optim.name = muon needs trainable weight matrices"):
+        parameter_groups(nn.Sequential(nn.Linear(4, 2)), 1.0, 0.01, orthogonal=True)  # no features
 
 
 def test_lr_multipliers_naming_no_parameter_is_a_clear_error(monkeypatch):

@@ -14,7 +14,7 @@ from torch import nn
 
 from dlzoo.config import OptimConfig, ScheduleConfig
 from dlzoo.registry import OPTIMIZERS, SCHEDULES
-from dlzoo.training.optim import build_optimizer, build_scheduler
+from dlzoo.training.optim import Muon, build_optimizer, build_scheduler, orthogonalize
 
 SCRATCH_TWINS = {
     "scratch_sgd": "sgd",
@@ -148,6 +148,86 @@ def test_every_optimiser_reduces_least_squares_loss(name: str) -> None:
     optimizer = build_optimizer(model.parameters(), OptimConfig(name=name, lr=0.1))
     losses = train(model, optimizer, x, y, steps=60)
     assert losses[-1] < 0.2 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("shape", [(16, 48), (48, 16)])
+def test_orthogonalize_sets_every_singular_value_near_one_and_keeps_the_singular_vectors(shape) -> None:
+    generator = torch.Generator().manual_seed(0)
+    rank = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], rank, generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], rank, generator=generator, dtype=torch.float64))
+    singular_values = torch.logspace(0, -2, rank, dtype=torch.float64)  # 1 down to 0.01
+    result = orthogonalize(u @ torch.diag(singular_values) @ v.T)
+    core = u.T @ result @ v  # diagonal if the singular vectors are kept: the new singular values
+    torch.testing.assert_close(core, torch.diag(torch.diagonal(core)), rtol=0, atol=1e-12)
+    assert torch.diagonal(core).min() > 0.65 and torch.diagonal(core).max() < 1.2  # from 100x apart
+
+
+@pytest.mark.parametrize("fixed_norm", [False, True])
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (3, 2, 2, 2)])
+def test_muon_orthogonalises_the_nesterov_step_of_hidden_matrices_and_takes_sgds_on_the_rest(
+    shape: tuple[int, ...], fixed_norm: bool
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = nn.Parameter(3 * torch.randn(shape, generator=generator, dtype=torch.float64))
+    bias = nn.Parameter(torch.randn(shape[0], generator=generator, dtype=torch.float64))
+    groups = [{"params": [weight], "orthogonal": True, "lr": 0.1, "momentum": 0.5}, {"params": [bias]}]
+    optimizer = Muon(groups, lr=0.05, momentum=0.9, weight_decay=0.01, fixed_norm=fixed_norm)
+    twin_bias = nn.Parameter(bias.detach().clone())
+    sgd = torch.optim.SGD([twin_bias], lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+    expected, velocity = weight.detach().clone(), torch.zeros(shape, dtype=torch.float64)
+    rows = shape[0]
+    scale = max(1.0, rows / (weight.numel() // rows)) ** 0.5  # (6, 4): sqrt(1.5); wide ones: 1
+    for _ in range(3):
+        weight.grad = torch.randn(shape, generator=generator, dtype=torch.float64)
+        bias.grad = torch.randn(shape[0], generator=generator, dtype=torch.float64)
+        twin_bias.grad = bias.grad.clone()
+        velocity = 0.5 * velocity + weight.grad
+        if fixed_norm:
+            expected *= rows**0.5 / expected.norm()
+        nesterov = (weight.grad + 0.5 * velocity).reshape(rows, -1)
+        expected -= 0.1 * scale * orthogonalize(nesterov).view(shape)
+        optimizer.step()
+        sgd.step()
+        torch.testing.assert_close(weight.detach(), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(bias, twin_bias, rtol=0, atol=1e-12)
+
+
+def test_muon_with_fixed_norm_rescales_each_matrix_to_norm_sqrt_rows() -> None:
+    weight = nn.Parameter(torch.full((4, 9), 5.0))
+    optimizer = Muon([{"params": [weight], "orthogonal": True}], lr=0.1, fixed_norm=True)
+    weight.grad = torch.zeros_like(weight)  # no update: only the rescaling moves it
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.full((4, 9), 1 / 3))  # norm 2 = sqrt(4 rows)
+
+
+def test_muon_resumes_exactly_and_its_orthogonal_groups_take_no_weight_decay() -> None:
+    x, y = make_data()
+    cfg = OptimConfig(name="muon", lr=0.05, muon_lr=0.05, weight_decay=0.01)
+
+    def build(model: nn.Module) -> torch.optim.Optimizer:
+        hidden = model[0].weight
+        rest = [p for p in model.parameters() if p is not hidden]
+        return build_optimizer([{"params": [hidden], "orthogonal": True}, {"params": rest}], cfg)
+
+    model = make_model()
+    optimizer = build(model)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.01]
+    train(model, optimizer, x, y, steps=5)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, buffer)
+    uninterrupted = train(model, optimizer, x, y, steps=5)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed, fresh = make_model(seed=1), make_model(seed=1)
+    resumed.load_state_dict(saved["model"])
+    fresh.load_state_dict(saved["model"])
+    resumed_optimizer = build(resumed)
+    resumed_optimizer.load_state_dict(saved["optim"])
+    assert train(resumed, resumed_optimizer, x, y, steps=5) == uninterrupted
+    assert train(fresh, build(fresh), x, y, steps=5) != uninterrupted  # the momentum mattered
+    with pytest.raises(ValueError, match="no weight decay"):
+        Muon([{"params": [nn.Parameter(torch.zeros(2, 2))], "orthogonal": True, "weight_decay": 0.1}], lr=0.1)
 
 
 def test_unknown_optimiser_suggests_the_closest_name() -> None:

@@ -213,7 +213,7 @@ class OptimConfig:
     """The optimiser and what it applies to the gradients."""
 
     name: str = "adam"
-    """Registered optimiser (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, scratch_*)."""
+    """Registered optimiser (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, muon, scratch_*)."""
     lr: float = 1e-3
     """Base learning rate."""
     momentum: float = 0.9
@@ -238,9 +238,20 @@ class OptimConfig:
     the last on a cubic, ``alpha = 1 - (1 - lookahead_alpha) * (step / total) ** 3``: weight
     averaging that only bites near the end (airbench94's, with alpha 1 - 0.95 ** 5 = 0.226)."""
 
+    muon_lr: float = 0.02
+    """muon: lr of the orthogonalised updates of the hidden weight matrices (conv filters, the
+    features' linear weights); the other parameters train at ``lr`` with Nesterov SGD."""
+    muon_momentum: float = 0.95
+    """muon: momentum of the orthogonalised updates (``momentum`` is the SGD groups')."""
+    muon_fixed_norm: bool = False
+    """muon: rescale each hidden matrix to norm sqrt(rows) before every update, instead of
+    leaving it to grow (for weights followed by batch norm, whose scale does not matter)."""
+
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.muon_lr <= 0:
+            raise ValueError(f"optim.lr and optim.muon_lr must be > 0, got {self.lr} and {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.lookahead_steps < 0:
             raise ValueError(f"optim.lookahead_steps must be >= 0 (0 = off), got {self.lookahead_steps}")
         if not 0 < self.lookahead_alpha <= 1:

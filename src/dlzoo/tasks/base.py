@@ -47,7 +47,9 @@ class Task:
     def configure_optimizers(self, steps_per_epoch: int, total_steps: int) -> None:
         """Build the optimiser(s) and schedule(s) from the config."""
         optim = self.cfg.optim
-        groups = parameter_groups(self.model, self.cfg.model.features_lr_mult, optim.lr, optim.weight_decay)
+        groups = parameter_groups(
+            self.model, self.cfg.model.features_lr_mult, optim.lr, optim.weight_decay, optim.name == "muon"
+        )
         optimizer = build_optimizer(groups, optim, total_steps)
         self.optimizers = [optimizer]
         self.schedulers = [build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, total_steps)]

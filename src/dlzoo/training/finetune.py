@@ -125,7 +125,7 @@ def set_train_mode(model: nn.Module) -> None:
 
 
 def parameter_groups(
-    model: nn.Module, features_lr_mult: float, lr: float, weight_decay: float = 0.0
+    model: nn.Module, features_lr_mult: float, lr: float, weight_decay: float = 0.0, orthogonal: bool = False
 ) -> list[dict[str, Any]]:
     """Trainable parameters as optimiser groups: features at ``lr * features_lr_mult``, the rest at ``lr``.
 
@@ -134,6 +134,10 @@ def parameter_groups(
     gets ``weight_decay / factor``, so that its decay per step (lr x weight decay in torch's
     coupled decay) stays that of the others. Groups come in the order of their first parameter
     in ``model.parameters()``, and so do the parameters within a group.
+
+    With ``orthogonal`` (for the Muon optimiser) the hidden weight matrices, the features'
+    parameters of two or more dimensions (conv filters, linear weights), form groups of their
+    own flagged ``"orthogonal": True``; the head and every bias stay as above.
     """
     backbone = backbone_names(model)
     own = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
@@ -142,20 +146,28 @@ def parameter_groups(
         raise ValueError(
             f"lr_multipliers names {sorted(unknown)[0]!r}, which is not a parameter of the model"
         )
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (features_lr_mult if name in backbone else 1.0, own.get(name, 1.0))
+            hidden_matrix = orthogonal and name in backbone and param.dim() >= 2
+            key = (features_lr_mult if name in backbone else 1.0, own.get(name, 1.0), hidden_matrix)
             groups.setdefault(key, []).append(param)
     if not groups:
         raise ValueError("model.freeze froze every parameter: nothing is left to train")
+    if orthogonal and not any(hidden_matrix for _, _, hidden_matrix in groups):
+        raise ValueError(
+            "optim.name = muon needs trainable weight matrices in the model's features (conv filters, "
+            "linear weights); this model has none: choose another optimiser"
+        )
     result = []
-    for (features, factor), params in groups.items():
+    for (features, factor, hidden_matrix), params in groups.items():
         group: dict[str, Any] = {"params": params}
         if features * factor != 1.0:
             group["lr"] = lr * features * factor
         if factor != 1.0:
             group["weight_decay"] = weight_decay / factor
+        if hidden_matrix:
+            group["orthogonal"] = True
         result.append(group)
     return result
 

@@ -12,6 +12,8 @@ An optimiser turns a gradient ``g`` into a step for the parameters ``p``. Read t
   not shrink to nothing on a long run.
 - Adam is momentum on top of RMSProp, with a correction for both averages starting
   at zero.
+- Muon is Nesterov momentum for weight matrices whose update is orthogonalised (all
+  its singular values set to about 1) before it is taken.
 
 Every ``Scratch*`` class matches its ``torch.optim`` counterpart to float precision
 (``tests/test_optim.py`` checks it step by step) and keeps its running averages in
@@ -207,6 +209,82 @@ class ScratchAdam(ScratchOptimizer):
         param.sub_(group["lr"] * mean_hat / (mean_square_hat.sqrt() + group["eps"]))
 
 
+NEWTON_SCHULZ_STEPS = 5
+"""Iterations of ``orthogonalize`` (Muon's default)."""
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Jordan's quintic: pushes singular values in (0, 1] quickly to about 1 (between 0.7 and 1.2)."""
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:
+    """The semi-orthogonal matrix nearest ``matrix`` (m, n), approximately: ``U V^T`` of its
+    SVD ``U S V^T``, all singular values replaced by about 1, by a Newton-Schulz iteration
+    (matrix products only, so cheap next to the SVD)."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    x = matrix / (matrix.norm() + 1e-7)  # singular values now at most 1
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T  # iterate on the wide side: x @ x.T is the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T  # (m, m)
+        x = a * x + (b * gram + c * gram @ gram) @ x  # an odd quintic in x's singular values
+    return x.T if tall else x
+
+
+class Muon(ScratchOptimizer):
+    """Muon (Jordan et al. 2024, "MomentUm Orthogonalized by Newton-schulz"): for each weight
+    matrix, Nesterov momentum whose update is orthogonalised before it is taken::
+
+        v = momentum * v + grad
+        g = grad + momentum * v                 # Nesterov: the gradient a step ahead
+        p = p - lr * orthogonalize(g) * sqrt(max(1, rows / columns))
+
+    A conv filter bank (out, in, kh, kw) is the matrix (out, in * kh * kw). Orthogonalising
+    gives every direction of the update the same size, so the rare directions that plain
+    momentum would barely move learn as fast as the dominant ones. Only the hidden matrices of
+    the network take this rule (parameter groups flagged ``orthogonal``); the biases,
+    batch-norm shifts and the classifier head, where it does not apply, take Nesterov SGD
+    with L2 weight decay (``torch.optim.SGD(nesterov=True)``'s rule).
+
+    With ``fixed_norm`` (airbench94_muon's choice for convs followed by batch norm, which makes
+    their scale irrelevant) each matrix is rescaled to Frobenius norm ``sqrt(rows)`` before
+    every update, so that the update's relative size, and with it the effective lr, does not
+    shrink as the weights grow; otherwise the orthogonal groups take no weight decay.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        fixed_norm: bool = False,
+    ) -> None:
+        groups = [dict(group) if isinstance(group, dict) else {"params": [group]} for group in params]
+        for group in groups:
+            if group.get("orthogonal") and group.setdefault("weight_decay", 0.0):
+                raise ValueError("Muon's orthogonal groups take no weight decay; use fixed_norm")
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "orthogonal": False}
+        super().__init__(groups, {**defaults, "fixed_norm": fixed_norm})
+
+    def update(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(param)
+        velocity = state["momentum_buffer"]
+        velocity.mul_(group["momentum"]).add_(grad)
+        step = grad.add(velocity, alpha=group["momentum"])
+        if not group["orthogonal"] or param.dim() < 2:
+            param.sub_(group["lr"] * step)
+            return
+        rows = len(param)
+        matrix = step.reshape(rows, -1)
+        if group["fixed_norm"]:
+            param.mul_(rows**0.5 / param.norm())
+        scale = max(1.0, rows / matrix.shape[1]) ** 0.5  # a tall matrix's update keeps its rms size
+        param.sub_(orthogonalize(matrix).view_as(param), alpha=group["lr"] * scale)
+
+
 # ---------------------------------------------------------------------------
 # Registered optimisers: (params, OptimConfig) -> Optimizer
 # ---------------------------------------------------------------------------
@@ -312,6 +390,19 @@ def scratch_rmsprop(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("scratch_adam")
 def scratch_adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     return ScratchAdam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("muon")
+def muon(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Muon on the groups flagged ``orthogonal`` (at ``cfg.muon_lr`` and ``cfg.muon_momentum``,
+    no weight decay), Nesterov SGD at ``cfg.lr`` and ``cfg.momentum`` on the others."""
+    groups = [dict(group) if isinstance(group, dict) else {"params": [group]} for group in params]
+    for group in groups:
+        if group.get("orthogonal"):
+            share = group.get("lr", cfg.lr) / cfg.lr  # model.features_lr_mult, say
+            group.update(lr=cfg.muon_lr * share, momentum=cfg.muon_momentum)
+    settings = {"momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "fixed_norm": cfg.muon_fixed_norm}
+    return Muon(groups, lr=cfg.lr, **settings)
 
 
 def build_optimizer(params: ParamsT, cfg: OptimConfig, total_steps: int = 0) -> torch.optim.Optimizer:
