@@ -22,7 +22,8 @@ Differences from airbench94: the whitening bias is learned for the whole run (ai
 first 3 epochs), and the weight averaging (``optim.lookahead_ramp``) leaves the batch-norm
 statistics out. The training side (label smoothing 0.2, alternating flip, 2-pixel
 reflect-padded crops, Nesterov SGD, airbench's straight-line schedule and ramped weight
-averaging) is the recipe ``cifar10-airbench``.
+averaging) is the recipe ``cifar10-airbench``; ``cifar10-airbench-muon`` trains the same network
+as airbench94_muon does (the Muon optimiser on the conv filters, 8 epochs of batch 2000).
 """
 
 from __future__ import annotations
