@@ -230,6 +230,14 @@ def orthogonalize(matrix: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> tor
     return x.T if tall else x
 
 
+def _as_groups(params: ParamsT) -> list[dict[str, Any]]:
+    """``params`` as a list of parameter-group dicts (copies): a plain list of tensors is one group."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        return [dict(group) for group in params]
+    return [{"params": params}]
+
+
 class Muon(ScratchOptimizer):
     """Muon (Jordan et al. 2024, "MomentUm Orthogonalized by Newton-schulz"): for each weight
     matrix, Nesterov momentum whose update is orthogonalised before it is taken::
@@ -245,10 +253,11 @@ class Muon(ScratchOptimizer):
     batch-norm shifts and the classifier head, where it does not apply, take Nesterov SGD
     with L2 weight decay (``torch.optim.SGD(nesterov=True)``'s rule).
 
-    With ``fixed_norm`` (airbench94_muon's choice for convs followed by batch norm, which makes
-    their scale irrelevant) each matrix is rescaled to Frobenius norm ``sqrt(rows)`` before
-    every update, so that the update's relative size, and with it the effective lr, does not
-    shrink as the weights grow; otherwise the orthogonal groups take no weight decay.
+    The orthogonal groups take no weight decay: an L2 term in the gradient would be
+    orthogonalised with it. With ``fixed_norm`` instead (airbench94_muon's choice for convs
+    followed by batch norm, which makes their scale irrelevant) each matrix is rescaled to
+    Frobenius norm ``sqrt(rows)`` before every update, so that the update's relative size, and
+    with it the effective lr, does not shrink as the weights grow.
     """
 
     def __init__(
@@ -259,7 +268,7 @@ class Muon(ScratchOptimizer):
         weight_decay: float = 0.0,
         fixed_norm: bool = False,
     ) -> None:
-        groups = [dict(group) if isinstance(group, dict) else {"params": [group]} for group in params]
+        groups = _as_groups(params)
         for group in groups:
             if group.get("orthogonal") and group.setdefault("weight_decay", 0.0):
                 raise ValueError("Muon's orthogonal groups take no weight decay; use fixed_norm")
@@ -395,8 +404,9 @@ def scratch_adam(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("muon")
 def muon(params: ParamsT, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Muon on the groups flagged ``orthogonal`` (at ``cfg.muon_lr`` and ``cfg.muon_momentum``,
-    no weight decay), Nesterov SGD at ``cfg.lr`` and ``cfg.momentum`` on the others."""
-    groups = [dict(group) if isinstance(group, dict) else {"params": [group]} for group in params]
+    no weight decay), Nesterov SGD at ``cfg.lr`` and ``cfg.momentum`` on the others. The
+    onecycle schedule cycles every group's momentum, the orthogonal groups' too."""
+    groups = _as_groups(params)
     for group in groups:
         if group.get("orthogonal"):
             share = group.get("lr", cfg.lr) / cfg.lr  # model.features_lr_mult, say
