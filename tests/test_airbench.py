@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,6 +97,19 @@ def test_tta_level_2_adds_one_pixel_shifts_at_a_quarter_each() -> None:
         create_model("airbench", 10, (3, 16, 16), tta=3)
     with pytest.raises(ValueError, match=message):
         RunConfig.from_dict({"model": {"name": "airbench", "tta": 3}})
+
+
+@pytest.mark.parametrize("tta", [1, 2])
+def test_tta_traces_for_the_tensorboard_graph_without_a_tracer_warning(tta: int) -> None:
+    # TensorBoard's add_graph traces the model in eval mode: a batch size read as a Python int
+    # would be baked into the graph, and torch warns about it
+    model = create_model("airbench", 10, (3, 16, 16), width_mult=0.125, tta=tta).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, torch.randn(2, 3, 16, 16))
+    x = torch.randn(5, 3, 16, 16)  # another batch size than the trace's
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), atol=1e-6, rtol=1e-5)
 
 
 def test_convs_start_as_identity_and_batch_norms_learn_only_their_shift_at_64x() -> None:

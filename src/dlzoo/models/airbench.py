@@ -238,7 +238,7 @@ class Airbench(Classifier):
             views += [padded[..., 2:, 2:], padded[..., :-2, :-2]]
         logits = []  # per view, the mean over it and its mirror: (B, classes)
         for view in views:  # one forward per view: a third of the activations of all six at once
-            logits.append(super().forward(torch.cat([view, view.flip(3)])).view(2, len(x), -1).mean(0))
+            logits.append(super().forward(torch.cat([view, view.flip(3)])).unflatten(0, (2, -1)).mean(0))
         if self.tta == 1:
             return logits[0]
         return 0.5 * logits[0] + 0.25 * (logits[1] + logits[2])
