@@ -253,6 +253,41 @@ def test_loader_resizes_each_batch_as_resizing_the_whole_split_did() -> None:
                 assert torch.equal(x, x_whole) and torch.equal(y, y_whole)
 
 
+def test_progressive_sizes_scale_the_augmented_batches_of_the_early_epochs_only() -> None:
+    """Epoch 0 at 4x4 and epoch 1 at 6x6: the same augmented batches as without the setting,
+    scaled down; epoch 2 at the stored 8x8, bitwise the batches without it; a resumed epoch at
+    its own size. ``unit`` normalisation, so that scaling and normalising commute exactly."""
+    split, unit = labelled_split(), Normalizer("unit", "image", [], [])
+    kwargs = {"shuffle": True, "augment": AUGMENT, "seed": 3}
+    progressive = BatchLoader(split, 8, unit, progressive_sizes=[4, 6], **kwargs)
+    full = BatchLoader(split, 8, unit, **kwargs)
+    assert progressive.example_shape == (3, 8, 8)  # what the model is built for and tested at
+    for epoch, size in ((0, 4), (1, 6), (2, 8)):
+        pairs = zip(epoch_batches(progressive, epoch), epoch_batches(full, epoch), strict=True)
+        for (x, y), (x_full, y_full) in pairs:
+            assert x.shape == (len(y), 3, size, size) and torch.equal(y, y_full)
+            assert torch.equal(x, loader.resize_batch(x_full, size) if size < 8 else x_full)
+    resumed = epoch_batches(progressive, 1, start_batch=3)
+    assert [x.shape[-1] for x, _ in resumed] == [6, 6, 6]
+    assert torch.equal(resumed[0][0], epoch_batches(progressive, 1)[3][0])
+
+
+def test_progressive_sizes_are_for_the_training_loader_and_for_images_only() -> None:
+    bundle = DataBundle(image_split(n=40), image_split(n=12), ["a", "b", "c", "d"], "test")
+    cfg = DataConfig(batch_size=8, val_fraction=0.25, progressive_sizes=[4])
+    loaders = build_loaders(cfg, bundle, seed=0, device=torch.device("cpu"))
+    assert next(iter(loaders.train))[0].shape[-2:] == (4, 4)
+    assert next(iter(loaders.val))[0].shape[-2:] == (8, 8) and next(iter(loaders.test))[0].shape[-2:] == (
+        8,
+        8,
+    )
+    split = tabular_split()
+    with pytest.raises(ValueError, match=r"data.progressive_sizes=\[4\] applies to images only"):
+        BatchLoader(split, 8, Normalizer.fit(split.x, "unit"), progressive_sizes=[4])
+    with pytest.raises(ValueError, match="progressive_sizes must be image sizes >= 1"):
+        DataConfig(progressive_sizes=[16, 0])
+
+
 def test_normalizer_fitted_with_resize_has_the_statistics_of_the_resized_images(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

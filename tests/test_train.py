@@ -182,6 +182,42 @@ def test_a_resized_run_is_evaluated_predicted_and_reported_at_the_size_it_traine
     assert wrong > 0 and all(mistake.image.shape == (1, 16, 16) for mistake in mistakes)
 
 
+def test_progressive_sizes_train_the_first_epochs_on_smaller_images(tmp_path):
+    """data.progressive_sizes=[16, 20] on digits resized to 24x24: the network trains on 16x16
+    images in epoch 1, 20x20 in epoch 2 and 24x24 in epoch 3, and is tested at 24x24."""
+    from dlzoo.models.airbench import Airbench
+
+    seen: dict[bool, set[tuple[int, int]]] = {True: set(), False: set()}  # training? -> (step, size)
+    steps = [0]
+
+    def record(module, inputs, outputs):
+        if isinstance(module, Airbench):
+            steps[0] += module.training
+            seen[module.training].add((steps[0], inputs[0].shape[-1]))
+
+    overrides = [
+        "model.name=airbench",
+        "model.width_mult=0.25",
+        "data.resize=24",
+        "data.progressive_sizes=16,20",
+        "data.batch_size=256",
+        "train.epochs=3",
+        *QUICK[1:],
+        "log.tensorboard=false",
+    ]
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = dlzoo.train("digits-lenet5", overrides, runs_dir=str(tmp_path), quiet=True)
+    finally:
+        hook.remove()
+    per_epoch = result.history[0]["step"]  # steps in an epoch
+    trained = sorted(seen[True])
+    assert [size for _, size in trained] == [16] * per_epoch + [20] * per_epoch + [24] * per_epoch
+    assert {size for step, size in seen[False] if step} == {24}  # validation and test, after step 0
+    assert {size for step, size in seen[False] if not step} == {16, 20}  # the size check's passes
+    assert json.loads((result.run_dir / "run.json").read_text())["data"]["in_shape"] == [1, 24, 24]
+
+
 def test_early_stopping_stops(tmp_path):
     result = dlzoo.train(
         "digits-lenet5",
@@ -287,6 +323,23 @@ def test_cli_train_prints_accuracy_and_run_folder(tmp_path, capsys):
             "train-images-idx3-ubyte",
         ),
         (["train", "digits-lenet5", "--set", "data.classes=42"], "data.classes"),
+        (
+            ["train", "digits-lenet5", "--set", "data.progressive_sizes=6"],
+            "data.progressive_sizes: model 'lenet5' cannot take 6x6 images",
+        ),
+        (
+            [
+                "train",
+                "digits-lenet5",
+                "--set",
+                "model.name=airbench",
+                "--set",
+                "data.resize=24",
+                "--set",
+                "data.progressive_sizes=12",
+            ],
+            "got 12x12; use data.progressive_sizes of 16 or more",
+        ),
         (["eval", "{tmp}"], "not a dlzoo run folder"),
     ],
 )

@@ -95,6 +95,10 @@ class DataConfig:
     """Train on a seeded, stratified subset of N examples (0 = all); for quick runs."""
     resize: int = 0
     """Resize images to NxN batch by batch, before augmentation (0 = keep); e.g. ImageNet stems on CIFAR."""
+    progressive_sizes: list[int] = field(default_factory=list)
+    """Progressive resizing: training images are scaled to NxN (after augmentation, bilinear,
+    antialiased) in epochs 1, 2, ... of this list, and train at full size after it; validation and
+    test always see the full size. A smaller image costs a conv net fewer FLOPs (16x16: a quarter)."""
     normalize: str = "standard"
     """standard: per-channel mean/std of the training split; unit: pixels/255; none: raw values."""
     batch_size: int = 128
@@ -117,6 +121,11 @@ class DataConfig:
             raise ValueError(f"data.train_subset must be >= 0, got {self.train_subset}")
         if self.resize < 0:
             raise ValueError(f"data.resize must be >= 0 (0 = keep the size), got {self.resize}")
+        if any(size < 1 for size in self.progressive_sizes):
+            raise ValueError(
+                "data.progressive_sizes must be image sizes >= 1, one per early epoch, "
+                f"got {self.progressive_sizes}"
+            )
         if len(set(self.classes)) != len(self.classes) or any(c < 0 for c in self.classes):
             raise ValueError(f"data.classes must be distinct indices >= 0, got {self.classes}")
 

@@ -12,7 +12,7 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -258,6 +258,10 @@ class BatchLoader:
     and padding are in pixels of the resized image): the split stays in memory at its stored
     size, not as a second, larger copy (CIFAR-10 at 64x64 would be 737 MB).
 
+    ``progressive_sizes=[16, 24]`` (progressive resizing) scales each batch of epoch 0 to 16x16
+    and of epoch 1 to 24x24 after augmentation, and later epochs keep the full size: cheap, coarse
+    early epochs, then the size the model is tested at. ``example_shape`` stays the full size.
+
     ``shard=(rank, world_size)`` (data-parallel training) yields only rank's part of each
     batch: the batches are the ones a single process would see, cut into ``world_size``
     contiguous parts of (nearly) equal size; a part may be empty only for a last, small
@@ -278,6 +282,7 @@ class BatchLoader:
         device: torch.device | str = "cpu",
         shard: tuple[int, int] = (0, 1),
         resize: int = 0,
+        progressive_sizes: Sequence[int] = (),
     ) -> None:
         if len(split) == 0:
             raise ValueError(
@@ -293,10 +298,11 @@ class BatchLoader:
         augment = augment if augment is not None and augment.enabled else None
         if augment is not None and not split.is_image:
             raise ValueError("data.augment applies to images only, but this split holds tabular features")
-        if resize and not split.is_image:
-            raise ValueError(
-                f"data.resize={resize} applies to images only, but this split holds tabular features"
-            )
+        for name, value in (("resize", resize), ("progressive_sizes", list(progressive_sizes))):
+            if value and not split.is_image:
+                raise ValueError(
+                    f"data.{name}={value} applies to images only, but this split holds tabular features"
+                )
         self.device = torch.device(device)
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device)
@@ -306,6 +312,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.resize = resize
+        self.progressive_sizes = list(progressive_sizes)
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = shard
@@ -360,6 +367,8 @@ class BatchLoader:
                 if self.first_flips is not None:  # alternate_flip: the batch's images mirrored this epoch
                     flips = alternating_flips(self.first_flips[rows], self.epoch)
                 x = augment_batch(x, self.augment, generator, flips)
+            if self.epoch < len(self.progressive_sizes):
+                x = resize_batch(x, self.progressive_sizes[self.epoch])
         elif not x.is_floating_point():
             return x
         return self.normalizer(x.float())

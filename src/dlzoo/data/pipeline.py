@@ -77,6 +77,7 @@ def build_loaders(
             drop_last=shard[1] > 1,
             shard=shard,
             resize=cfg.resize,
+            progressive_sizes=cfg.progressive_sizes,
         ),
         val=eval_loader(cfg, val, normalizer, device, shard) if len(val) else None,
         test=eval_loader(cfg, bundle.test, normalizer, device),

@@ -17,6 +17,22 @@ for _module in pkgutil.iter_modules(__path__):  # importing a family file regist
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
+def check_image_size(name: str, in_shape: tuple[int, ...], setting: str = "data.resize") -> None:
+    """Raise ``ValueError`` if model ``name`` cannot take images of ``in_shape`` ((C, H, W); other
+    shapes pass), naming ``setting``, the configuration field that gave that size."""
+    min_size = MODELS.info(name).get("min_size", 1)
+    if len(in_shape) == 3 and min(in_shape[1:]) < min_size:
+        fix = (
+            f"set data.resize={min_size}"
+            if setting == "data.resize"
+            else f"use {setting} of {min_size} or more"
+        )
+        raise ValueError(
+            f"model {name!r} needs images of at least {min_size}x{min_size} pixels, got "
+            f"{in_shape[1]}x{in_shape[2]}; {fix} or pick a model with a small-image stem"
+        )
+
+
 def create_model(
     name: str, num_classes: int, in_shape: tuple[int, ...], init: str = "default", **kwargs: object
 ) -> nn.Module:
@@ -29,12 +45,7 @@ def create_model(
     model does not take is an error naming the ones it does.
     """
     factory = MODELS.get(name)
-    min_size = MODELS.info(name).get("min_size", 1)
-    if len(in_shape) == 3 and min(in_shape[1:]) < min_size:
-        raise ValueError(
-            f"model {name!r} needs images of at least {min_size}x{min_size} pixels, got "
-            f"{in_shape[1]}x{in_shape[2]}; set data.resize={min_size} or pick a model with a small-image stem"
-        )
+    check_image_size(name, in_shape)
     accepted = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_shape")]
     pretrained = bool(kwargs.pop("pretrained", False))
     unknown = [key for key in kwargs if key not in accepted]

@@ -32,7 +32,7 @@ from dlzoo.data.core import DataBundle, Split
 from dlzoo.data.loader import BatchLoader, mix_seed, resize_batch
 from dlzoo.data.pipeline import Loaders, build_loaders, load_data
 from dlzoo.errors import CheckpointError, StopRun, TrainingError, TrainingInterrupted
-from dlzoo.models import create_model
+from dlzoo.models import check_image_size, create_model
 from dlzoo.registry import TASKS
 from dlzoo.report.plots import plot_curves
 from dlzoo.tasks import NonFiniteLossError, Task
@@ -347,6 +347,28 @@ def restore_state(task: Task, saved: dict[str, Any], rank: int = 0) -> TrainStat
     return TrainState(**{k: v for k, v in saved.items() if k in names})
 
 
+def check_progressive_sizes(model: nn.Module, name: str, in_shape: tuple[int, ...], sizes: list[int]) -> None:
+    """Raise ``ValueError`` unless model ``name`` takes images of every size in ``sizes``
+    (``data.progressive_sizes``): large enough for it, and a net that pools globally rather than
+    one whose flattened features fit a single input size. One eval-mode pass of one image each."""
+    smallest = min(sizes)
+    check_image_size(name, (*in_shape[:-2], smallest, smallest), "data.progressive_sizes")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for size in sorted(set(sizes)):
+                model(torch.zeros(1, *in_shape[:-2], size, size))
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise ValueError(
+            f"data.progressive_sizes: model {name!r} cannot take {size}x{size} images ({reason}); "
+            "progressive resizing needs a model that pools globally, such as airbench or resnet20"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class Experiment:
     """Everything a run trains, built and checked before anything is written to disk."""
@@ -389,6 +411,8 @@ def build_experiment(cfg: RunConfig, ctx: Distributed | None = None) -> Experime
     model = create_model(
         cfg.model.name, len(bundle.classes), in_shape, cfg.model.init, **cfg.model.model_kwargs()
     )
+    if cfg.data.progressive_sizes:
+        check_progressive_sizes(model, cfg.model.name, in_shape, cfg.data.progressive_sizes)
     if hasattr(model, "fit_to_data") and loaders.train.is_image:  # a data-fitted layer (airbench's whitening)
         first = Split(loaders.train.x[:FIT_TO_DATA_IMAGES], loaders.train.y[:FIT_TO_DATA_IMAGES])
         whole = BatchLoader(first, len(first), loaders.normalizer, device=device, resize=loaders.train.resize)
