@@ -2,8 +2,8 @@
 the table gives the mean and spread of their test accuracy and training time.
 
     .venv/bin/python benchmarks/time_to_accuracy.py
-        [--recipes cifar10-airbench,cifar10-airbench-muon,mnist-fast] [--seeds 0,1,2]
-        [--threads 2] [--write docs/benchmarks.md]
+        [--recipes cifar10-airbench,cifar10-airbench-muon,cifar10-airbench-progressive,mnist-fast]
+        [--seeds 0,1,2] [--threads 2] [--write docs/benchmarks.md]
 
 As in the airbench line of work, a recipe is a fixed schedule, and its time to accuracy is
 the time that schedule takes together with the accuracy it reaches: each run is a fresh
@@ -32,7 +32,7 @@ from dlzoo.recipes import load_recipe, recipe_names
 from dlzoo.report.results import replace_between_markers
 
 HERE = Path(__file__).resolve().parent
-SPEED_RECIPES = ("cifar10-airbench", "cifar10-airbench-muon", "mnist-fast")
+SPEED_RECIPES = ("cifar10-airbench", "cifar10-airbench-muon", "cifar10-airbench-progressive", "mnist-fast")
 
 
 def one_run(recipe: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
