@@ -240,13 +240,13 @@ README = "# Title\n\nintro | with a pipe\n\n{start}\n| stale | table |\n|---|---
 def test_write_replaces_only_the_text_between_the_markers(runs, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
-    table = results(runs["runs_dir"], [runs["recipe"]], write=readme)
+    table = results(runs["runs_dir"], write=readme)
     text = readme.read_text()
     head, rest = text.split(MARKERS[0])
     inside, tail = rest.split(MARKERS[1])
     assert head == "# Title\n\nintro | with a pipe\n\n" and tail == "\n\nafter the table\n"
-    assert inside.strip() == table.markdown and "stale" not in inside
-    results(runs["runs_dir"], [runs["recipe"]], write=readme)
+    assert inside.strip() == table.markdown and "stale" not in inside and "| mnist-fast | mnist_fast |" in inside
+    results(runs["runs_dir"], write=readme)
     assert readme.read_text() == text, "writing twice changes nothing"
 
 
@@ -262,16 +262,32 @@ def test_missing_markers_are_an_error_that_names_them(content, tmp_path):
 def test_cli_prints_the_table_and_writes_it(runs, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
-    argv = ["results", "--runs-dir", str(runs["runs_dir"]), "--recipes", runs["recipe"]]
-    assert main([*argv, "--write", str(readme)]) == 0
+    argv = ["results", "--runs-dir", str(runs["runs_dir"])]
+    assert main([*argv, "--recipes", runs["recipe"]]) == 0
     captured = capsys.readouterr()
-    assert "| tiny-digits | softmax |" in captured.out and "| tiny-digits | softmax |" in readme.read_text()
+    assert "| tiny-digits | softmax |" in captured.out
     assert "left out 1 run folders" in captured.err and "optim.lr=0.5" in captured.err
+    assert main([*argv, "--write", str(readme)]) == 0
+    assert "| mnist-fast | mnist_fast |" in readme.read_text() and "wrote the table" in capsys.readouterr().err
     readme.write_text("# no markers\n")
     assert main([*argv, "--write", str(readme)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and MARKERS[0] in err
     assert main(["results", "--runs-dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_writing_a_selection_is_an_error_that_changes_nothing(runs, tmp_path, capsys):
+    """A table of a few recipes written over the README's would drop every other recipe's row."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
+    recipe = tmp_path / "tiny-digits.toml"
+    recipe.write_text(TINY)
+    argv = ["results", "--runs-dir", str(runs["runs_dir"]), "--recipes", str(recipe), "--record"]
+    assert main([*argv, "--write", str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "leave out --recipes" in err
+    assert readme.read_text() == README.format(start=MARKERS[0], end=MARKERS[1])
+    assert recipe.read_text() == TINY, "nothing recorded either"
 
 
 def test_command_line_is_what_the_user_typed(monkeypatch):

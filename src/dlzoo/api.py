@@ -108,7 +108,12 @@ def results(
     """The results table of every recipe (or of ``recipes``) from the finished runs under ``runs_dir``;
     ``record`` first writes each measured recipe's numbers into its recipe file's ``[meta]``;
     ``write`` replaces the table between the results markers of that markdown file (see
-    ``dlzoo.report.results``)."""
+    ``dlzoo.report.results``) with the table of every recipe, so it takes no ``recipes``."""
+    if write is not None and recipes is not None:  # the written table would lose every other recipe's row
+        raise ValueError(
+            "--write replaces the whole results table, so it takes every recipe: leave out --recipes "
+            "(to record a few recipes, run --record --recipes A,B first, then --write alone)"
+        )
     table = build_results(Path(runs_dir), recipes, with_overrides)
     if record:
         table.recorded = record_results(table)
