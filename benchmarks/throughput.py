@@ -12,7 +12,8 @@ one after another on this machine:
   each setting a recipe can choose with one override: channels-last and NCHW, each in float32
   and, where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX; ``--dlzoo-bf16``), under
   bfloat16 autocast as ``dlzoo train`` runs by default there. Credited with its best, like Keras.
-- **eager**: the notes' plain PyTorch loop, the same ``nn.Module`` in NCHW float32, images
+- **eager**: the notes' plain PyTorch loop, the same ``nn.Module`` in NCHW float32 (with torch's
+  ``nn.Dropout`` in place of dlzoo's faster CPU one), images
   as PIL through ``torchvision.transforms`` (RandomHorizontalFlip, ToTensor, Normalize) in a
   ``DataLoader`` (``--eager-workers`` worker processes, 2 as in the PyTorch tutorial).
 - **keras**: ``benchmarks/keras_models.py`` in its own virtual environment
@@ -52,6 +53,7 @@ from dlzoo.config import AugmentConfig, RunConfig
 from dlzoo.data.core import Split
 from dlzoo.data.loader import BatchLoader, Normalizer
 from dlzoo.models import create_model
+from dlzoo.models.base import Dropout
 from dlzoo.registry import TASKS
 from dlzoo.report.results import replace_between_markers
 from dlzoo.tasks import Task  # noqa: F401  (importing dlzoo.tasks registers them)
@@ -152,10 +154,19 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.x[index])), int(self.y[index])
 
 
+def torch_dropout(model: nn.Module) -> nn.Module:
+    """``model`` with torch's ``nn.Dropout`` in place of dlzoo's faster CPU dropout, as the notes wrote it."""
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, Dropout):
+                setattr(parent, child_name, nn.Dropout(child.p))
+    return model
+
+
 def run_eager(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
     model_name, settings = {**MODELS, **SPEED_RECIPE_MODELS}[name]
     torch.manual_seed(0)
-    model = create_model(model_name, 10, (3, 32, 32), **settings)
+    model = torch_dropout(create_model(model_name, 10, (3, 32, 32), **settings))
     mean = (x.reshape(-1, 3).mean(0) / 255).tolist()
     std = (x.reshape(-1, 3).std(0) / 255).tolist()
     transform = transforms.Compose(

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from dlzoo.models import create_model, init_weights
+from dlzoo.models.base import Dropout
 from dlzoo.registry import MODELS
 
 SHAPES = {"image": (1, 28, 28), "rgb": (3, 32, 32), "small": (1, 8, 8)}
@@ -74,7 +75,7 @@ def test_mlp_options_shape_the_network():
     )
     kinds = [type(m) for m in model.features]
     assert kinds.count(nn.Linear) == 2 and kinds.count(nn.BatchNorm1d) == 2
-    assert kinds.count(nn.Tanh) == 2 and kinds.count(nn.Dropout) == 2
+    assert kinds.count(nn.Tanh) == 2 and kinds.count(Dropout) == 2
 
 
 @pytest.mark.parametrize(
@@ -114,3 +115,42 @@ def test_resnet_shortcuts_option_a_is_parameter_free_and_b_projects():
     )
     x = torch.randn(2, 3, 32, 32)
     assert a.eval()(x).shape == b.eval()(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
+def test_dropout_drops_p_of_the_elements_and_keeps_the_expected_value(p):
+    """dlzoo's CPU dropout: one 16-bit draw per element (all four lanes of each 64-bit draw)."""
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    out = Dropout(p)(x)
+    keep_rate = round((1 - p) * 2**16) / 2**16
+    dropped = (out == 0).float()
+    assert abs(dropped.mean().item() - p) < 0.003  # 1M elements: the standard error is below 0.0005
+    lanes = dropped.reshape(-1, 4).mean(0)  # the four int16 lanes of each int64 draw, one by one
+    assert torch.allclose(lanes, torch.full((4,), p), atol=0.006), lanes
+    assert torch.equal(out[out != 0].unique(), torch.tensor([1 / keep_rate]))
+    assert abs(out.mean().item() - 1) < 0.01  # the expected activation is unchanged
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d out / d x: the same mask and scale
+
+
+def test_dropout_is_the_identity_in_eval_and_at_zero_and_all_zeros_at_one():
+    x = torch.randn(8, 16, requires_grad=True)
+    assert Dropout(0.5).eval()(x) is x and Dropout(0.0)(x) is x
+    out = Dropout(1.0)(x)
+    assert torch.equal(out, torch.zeros_like(x))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_dropout_keeps_layout_and_dtype_and_follows_the_seed():
+    x = torch.randn(16, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    dropout = Dropout(0.3)
+    torch.manual_seed(1)
+    first = dropout(x)
+    assert first.dtype == torch.bfloat16 and first.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), first)  # the same seed, the same mask
+    assert not torch.equal(dropout(x), first)  # the next call draws a new one
+    strided = torch.ones(10, 20)[:, ::2]  # neither contiguous nor channels-last
+    assert Dropout(0.5)(strided).shape == (10, 10)

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from dlzoo.models import create_model
+from dlzoo.models.base import Dropout
 from dlzoo.models.pretrained import weights_entry, weights_path
 from dlzoo.models.vgg import VGG_LAYOUTS
 
@@ -181,7 +182,7 @@ def test_cifar_vgg_has_the_conv_stack_dropout_and_512_wide_head():
     assert convs == [item for item in VGG_LAYOUTS["vgg16"] if item != "M"]
     kinds = [type(m) for m in model.features]
     pools = [i for i, kind in enumerate(kinds) if kind is nn.MaxPool2d]
-    assert len(pools) == 5 and all(kinds[i + 1] is nn.Dropout for i in pools)  # dropout after each pool
+    assert len(pools) == 5 and all(kinds[i + 1] is Dropout for i in pools)  # dropout after each pool
     assert kinds.count(nn.BatchNorm2d) == 13
     assert all(m.p == 0.3 for m in model.modules() if isinstance(m, nn.Dropout))
     linears = [m for m in model.classifier if isinstance(m, nn.Linear)]

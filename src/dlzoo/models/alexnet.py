@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size
+from dlzoo.models.base import Classifier, Dropout, flat_size
 from dlzoo.models.vgg import dense_head
 from dlzoo.registry import MODELS
 
@@ -51,10 +51,10 @@ class AlexNet(Classifier):
         )
         self.avgpool = nn.AdaptiveAvgPool2d(6)
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(256 * 6 * 6, 4096),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(4096, 4096),
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),

@@ -27,6 +27,31 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask costs a fifth as much: every layer of dlzoo's models uses it.
+
+    torch's CPU dropout draws one random number per element, one after another (``bernoulli_``:
+    8 ms for the 0.9M activations of keras_cifar10_cnn's first dropout at batch 128, 15% of its
+    training step). This one draws 64 random bits per four elements and keeps an element where
+    its 16 bits fall below ``round((1 - p) * 2**16)``, so the keep rate is ``1 - p`` to within
+    1/65536; survivors are scaled by the inverse of that exact rate, which keeps the expected
+    activation unchanged. Other devices use torch's own (fused) kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        threshold = round((1 - self.p) * 2**16)  # elements kept out of 65536
+        if threshold == 2**16:  # p below 2^-17 rounds to 0: nothing dropped
+            return x
+        if threshold == 0:  # p rounds to 1: everything dropped (and no division by zero)
+            return x * 0.0
+        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[: x.numel()] < threshold - 2**15  # int16 is uniform on [-2^15, 2^15)
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        keep = keep.as_strided(x.shape, x.stride()) if dense else keep.view(x.shape)  # the mask in x's layout
+        return (x * keep).mul_(2**16 / threshold)  # autograd keeps only the bool mask for the backward
+
+
 class Classifier(nn.Module):
     """``forward(x) = classifier(forward_features(x))``; subclasses build both in ``__init__``."""
 

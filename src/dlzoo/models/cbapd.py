@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size, make_activation
+from dlzoo.models.base import Classifier, Dropout, flat_size, make_activation
 from dlzoo.registry import MODELS
 
 
@@ -22,7 +22,7 @@ def cbapd_block(in_channels: int, out_channels: int, activation: str, dropout_ra
         nn.BatchNorm2d(out_channels),
         make_activation(activation),
         nn.MaxPool2d(2, ceil_mode=True),  # Keras padding="same" pooling
-        nn.Dropout(dropout_rate),
+        Dropout(dropout_rate),
     )
 
 
@@ -47,7 +47,7 @@ class CBAPD(Classifier):
         self.classifier = nn.Sequential(
             nn.Linear(flat_size(self.features, in_shape), hidden_size),
             make_activation(activation),
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(hidden_size, num_classes),
         )
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size, make_activation
+from dlzoo.models.base import Classifier, Dropout, flat_size, make_activation
 from dlzoo.models.init import init_weights
 from dlzoo.registry import MODELS
 
@@ -55,7 +55,7 @@ def conv_stack(in_channels: int, stack: list[str], activation: str, dropout_rate
         if item == "M":
             layers.append(nn.MaxPool2d(2))
         elif item == "D":
-            layers.append(nn.Dropout(dropout_rate))
+            layers.append(Dropout(dropout_rate))
         else:
             batch_norm = item[1] == "b"
             out_channels = int(item[2:] if batch_norm else item[1:])
@@ -92,7 +92,7 @@ class StackCNN(Classifier):
         layers: list[nn.Module] = []
         width = flat_size(self.features, in_shape)
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), make_activation(activation), nn.Dropout(dense_dropout)]
+            layers += [nn.Linear(width, hidden), make_activation(activation), Dropout(dense_dropout)]
             width = hidden
         self.classifier = nn.Sequential(*layers, nn.Linear(width, num_classes))
 

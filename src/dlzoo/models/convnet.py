@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size, make_activation
+from dlzoo.models.base import Classifier, Dropout, flat_size, make_activation
 from dlzoo.registry import MODELS
 
 
@@ -26,13 +26,13 @@ class TransferCNN(Classifier):
             nn.Conv2d(32, 32, 3),
             make_activation(activation),
             nn.MaxPool2d(2),
-            nn.Dropout(0.25),
+            Dropout(0.25),
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
             nn.Linear(flat_size(self.features, in_shape), 128),
             make_activation(activation),
-            nn.Dropout(0.5),
+            Dropout(0.5),
             nn.Linear(128, num_classes),
         )
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlzoo.models.base import Classifier
+from dlzoo.models.base import Classifier, Dropout
 from dlzoo.registry import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -226,7 +226,7 @@ class GoogLeNet(TorchvisionInception):
                 channels = getattr(self, name).out_channels
         self.body = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", *(n for n, _ in GOOGLENET_BODY))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.fc = nn.Linear(channels, num_classes)
         self._init_normal(std=0.01)
 
@@ -377,7 +377,7 @@ class InceptionV3(TorchvisionInception):
         self.Mixed_7b = InceptionE(1280)  # -> 2048
         self.Mixed_7c = InceptionE(2048)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.fc = nn.Linear(2048, num_classes)
         self._init_normal(std=0.1)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size, make_activation
+from dlzoo.models.base import Classifier, Dropout, flat_size, make_activation
 from dlzoo.registry import MODELS
 
 
@@ -44,10 +44,10 @@ class LeNet5(Classifier):
         self.classifier = nn.Sequential(
             nn.Linear(width, 120),
             make_activation(activation),
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(120, 84),
             make_activation(activation),
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(84, num_classes),
         )
 

@@ -9,7 +9,7 @@ import math
 
 from torch import nn
 
-from dlzoo.models.base import Classifier, make_activation
+from dlzoo.models.base import Classifier, Dropout, make_activation
 from dlzoo.registry import MODELS
 
 
@@ -32,7 +32,7 @@ class MLP(Classifier):
                 layers.append(nn.BatchNorm1d(hidden))
             layers.append(make_activation(activation))
             if dropout_rate > 0:
-                layers.append(nn.Dropout(dropout_rate))
+                layers.append(Dropout(dropout_rate))
             width = hidden
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)

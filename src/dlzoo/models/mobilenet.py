@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlzoo.models.base import Classifier
+from dlzoo.models.base import Classifier, Dropout
 from dlzoo.registry import MODELS
 
 SMALL_IMAGE = 64
@@ -176,7 +176,7 @@ class MobileNetV2(Classifier):
         last_channels = round_channels(1280 * max(1.0, width_mult))  # never narrower than 1280
         layers.append(conv_bn_act(channels, last_channels, 1, activation=nn.ReLU6))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(dropout_rate), nn.Linear(last_channels, num_classes))
+        self.classifier = nn.Sequential(Dropout(dropout_rate), nn.Linear(last_channels, num_classes))
         for module in self.modules():  # torchvision's initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")

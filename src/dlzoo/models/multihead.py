@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlzoo.models.base import Classifier, flat_size
+from dlzoo.models.base import Classifier, Dropout, flat_size
 from dlzoo.registry import MODELS
 
 
@@ -45,7 +45,7 @@ class MultiHeadCNN(Classifier):
         channels = [in_shape[0], *filters]
         self.features = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels, filters)), nn.Flatten())
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Linear(flat_size(self.features, in_shape), heads * num_classes),
         )
 

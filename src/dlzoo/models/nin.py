@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlzoo.models.base import Classifier
+from dlzoo.models.base import Classifier, Dropout
 from dlzoo.registry import MODELS
 
 
@@ -43,10 +43,10 @@ class NetworkInNetwork(Classifier):
         self.features = nn.Sequential(
             *mlpconv(in_shape[0], (192, 160, 96), 5),
             nn.MaxPool2d(3, stride=2, padding=1),  # 32 -> 16
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             *mlpconv(96, (192, 192, 192), 5),
             nn.AvgPool2d(3, stride=2, padding=1),  # 16 -> 8
-            nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             nn.Conv2d(192, 192, 3, padding=1),  # the third mlpconv; its last 1x1 conv is the head
             nn.ReLU(),
             nn.Conv2d(192, 192, 1),

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dlzoo.models.base import Classifier
+from dlzoo.models.base import Classifier, Dropout
 from dlzoo.registry import MODELS
 
 # Conv widths in order; "M" is a 2x2/2 max-pool (followed by dropout in the CIFAR variants).
@@ -70,10 +70,10 @@ def dense_head(in_features: int, width: int, num_classes: int, dropout_rate: flo
     return nn.Sequential(
         nn.Linear(in_features, width),
         nn.ReLU(inplace=True),
-        nn.Dropout(dropout_rate),
+        Dropout(dropout_rate),
         nn.Linear(width, width),
         nn.ReLU(inplace=True),
-        nn.Dropout(dropout_rate),
+        Dropout(dropout_rate),
         nn.Linear(width, num_classes),
     )
 
@@ -133,7 +133,7 @@ class CifarVGG(Classifier):
         _check_image_shape("VGG (CIFAR)", in_shape)
 
         def pool() -> list[nn.Module]:
-            return [nn.MaxPool2d(2, stride=2, ceil_mode=True), nn.Dropout(dropout_rate)]
+            return [nn.MaxPool2d(2, stride=2, ceil_mode=True), Dropout(dropout_rate)]
 
         self.features = nn.Sequential(
             *conv_stack(layout, in_shape[0], batch_norm, pool), nn.AdaptiveAvgPool2d(1), nn.Flatten()
