@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 
 from dlzoo.models import create_model
-from dlzoo.models.inception import GoogLeNet, InceptionModule
+from dlzoo.models.inception import GoogLeNet, InceptionModule, cat_channels
 from dlzoo.models.pretrained import weights_path
 
 
@@ -131,3 +131,20 @@ def test_mobilenet_v1_is_depthwise_separable_with_the_papers_size():
 def test_mobilenet_v1_uses_a_stride_1_stem_for_small_images(side, stride):
     model = create_model("mobilenet_v1", 10, (3, side, side))
     assert model.features[0][0].stride == (stride, stride)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cat_channels_is_torch_cat_with_a_dense_gradient_per_branch(channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    parts = [torch.randn(4, c, 5, 5).contiguous(memory_format=fmt).requires_grad_() for c in (3, 8, 5)]
+    out = cat_channels(parts)
+    assert torch.equal(out, torch.cat(parts, 1))
+    grad = torch.randn(out.shape).contiguous(memory_format=fmt)
+    grads = torch.autograd.grad(out, parts, grad)
+    expected = torch.autograd.grad(torch.cat(parts, 1), parts, grad)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(got, want)
+        assert got.is_contiguous(memory_format=fmt)  # torch.cat's backward gives strided channel slices
+    assert not expected[1].is_contiguous(memory_format=fmt)
+    with torch.no_grad():
+        assert torch.equal(cat_channels(parts), out)  # the plain torch.cat without gradients
