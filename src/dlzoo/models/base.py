@@ -28,7 +28,7 @@ def make_activation(name: str) -> nn.Module:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with a cheaper CPU mask: every layer of dlzoo's models uses it.
+    """``nn.Dropout`` with a cheaper CPU mask; every dlzoo model uses it.
 
     torch's CPU dropout draws one random number per element, one after another (``bernoulli_``).
     This one draws 64 random bits per four elements and keeps an element where its 16 bits fall
