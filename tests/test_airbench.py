@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import dlzoo
 from dlzoo.config import RunConfig
 from dlzoo.data.core import DataBundle, Split
+from dlzoo.errors import StopRun
 from dlzoo.models import create_model
 from dlzoo.models.airbench import MaxPool2x2, PatchWhitening
 from dlzoo.registry import DATASETS, TASKS
@@ -253,3 +254,51 @@ def test_compact_max_pool_keeps_nothing_without_gradients_and_traces_as_torchs()
     graph = str(torch.jit.trace(MaxPool2x2(), x.requires_grad_()).graph)  # as TensorBoard's graph sees it
     assert "aten::max_pool2d" in graph
     assert "_MaxPool2x2" not in graph  # a Python autograd op, which the graph view cannot show
+
+
+def test_start_epoch_freezes_the_whitening_bias_once_its_epochs_are_done() -> None:
+    x = torch.randn(2, 3, 16, 16)
+    model = create_model("airbench", 10, (3, 16, 16), width_mult=0.125, whiten_bias_epochs=2)
+    assert model.features[:2](x).requires_grad  # the bias learns: gradients flow into the whitening
+    assert [model.start_epoch(epoch) for epoch in range(4)] == [False, False, True, False]
+    assert not model.whiten.bias.requires_grad
+    # nothing before the first conv needs a gradient now: its input gradient is not computed
+    assert not model.features[:2](x).requires_grad and model(x).requires_grad
+
+    learns = create_model("airbench", 10, (3, 16, 16), width_mult=0.125)  # 0: the whole run
+    assert not any(learns.start_epoch(epoch) for epoch in range(4)) and learns.whiten.bias.requires_grad
+    frozen = create_model("airbench", 10, (3, 16, 16), width_mult=0.125, whiten_bias_epochs=2)
+    frozen.whiten.bias.requires_grad_(False)  # as model.freeze leaves it: never unfrozen
+    assert not any(frozen.start_epoch(epoch) for epoch in range(4)) and not frozen.whiten.bias.requires_grad
+    with pytest.raises(ValueError, match=r"model.whiten_bias_epochs must be >= 0 .*got -1"):
+        create_model("airbench", 10, (3, 16, 16), whiten_bias_epochs=-1)
+
+
+def test_the_loop_freezes_the_whitening_bias_after_its_epochs_and_resumes_so(tiny_images, tmp_path) -> None:
+    cfg = tiny_airbench(tiny_images, str(tmp_path))
+    cfg.model.whiten_bias_epochs = 1
+    cfg.train.epochs, cfg.train.keep_every = 3, 1
+    fitted = build_experiment(cfg).model.whiten.bias.detach().clone()  # before any step
+    run_dir = dlzoo.train(cfg, quiet=True).run_dir
+
+    def weights(epoch: int) -> dict[str, torch.Tensor]:
+        return load_file(str(run_dir / "checkpoints" / f"epoch-{epoch:04d}" / "model.safetensors"))
+
+    first, second, third = weights(1), weights(2), weights(3)
+    assert not torch.equal(first["features.0.bias"], fitted), "epoch 1 learns the bias"
+    assert torch.equal(second["features.0.bias"], first["features.0.bias"])
+    assert torch.equal(third["features.0.bias"], first["features.0.bias"])
+    assert not torch.equal(third["classifier.0.weight"], second["classifier.0.weight"])
+
+    # stopped after epoch 2 and resumed (a new process would freeze the bias again): the same weights
+    def stop_after_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise StopRun("stopped")
+
+    with pytest.raises(StopRun):
+        dlzoo.train(cfg, quiet=True, on_epoch_end=stop_after_two)
+    stopped = max((tmp_path / "tiny-airbench").iterdir())
+    assert stopped != run_dir
+    resumed_dir = dlzoo.train(cfg, quiet=True, resume=stopped).run_dir
+    resumed = load_file(str(resumed_dir / "checkpoints" / "epoch-0003" / "model.safetensors"))
+    assert all(torch.equal(resumed[name], third[name]) for name in third)

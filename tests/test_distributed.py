@@ -261,3 +261,26 @@ def test_a_ddp_run_stopped_mid_epoch_resumes_under_ddp_to_the_same_weights(two_r
     for before, after in zip(*rows):  # the interrupted epoch's means too: every process's batches
         assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-9)
         assert after["train_accuracy"] == pytest.approx(before["train_accuracy"], rel=1e-9)
+
+
+def test_a_parameter_frozen_between_epochs_keeps_ddp_training(tmp_path):
+    """airbench's whitening bias freezes after ``model.whiten_bias_epochs``: DDP, which hooks the
+    parameters that train when it wraps the model, is wrapped again (else epoch 2 fails: a
+    parameter it waits for gets no gradient)."""
+    airbench = [  # on the 8x8 digits scaled up to airbench's smallest input
+        "model.name=airbench",
+        "model.width_mult=0.125",
+        "model.whiten_bias_epochs=1",
+        "data.resize=16",
+        "data.train_subset=256",
+        "train.epochs=2",
+        "train.keep_every=1",
+    ]
+    settings = [s for s in SETTINGS if not s.startswith(("train.epochs", "data.train_subset"))] + airbench
+    args = ["train", RECIPE, "--nproc", "2", "--runs-dir", str(tmp_path / "runs")]
+    done = dlzoo([*args, *(word for s in settings for word in ("--set", s))], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoints = only_run(tmp_path / "runs") / "checkpoints"
+    first, second = (load_file(checkpoints / f"epoch-000{n}" / "model.safetensors") for n in (1, 2))
+    assert torch.equal(second["features.0.bias"], first["features.0.bias"])
+    assert not torch.equal(second["classifier.0.weight"], first["classifier.0.weight"])

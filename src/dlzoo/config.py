@@ -159,6 +159,8 @@ class ModelConfig:
     """MobileNet / airbench width multiplier (channels scaled by this factor)."""
     tta: int | None = None
     """airbench's eval-mode test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts."""
+    whiten_bias_epochs: int | None = None
+    """airbench: learn the whitening bias for this many epochs, then freeze it (0 = the whole run)."""
     pretrained: bool | None = None
     """Start from torchvision's published ImageNet weights (families that match torchvision)."""
     init_from: str = ""
@@ -178,6 +180,11 @@ class ModelConfig:
             raise ValueError(f"model.width_mult must be > 0, got {self.width_mult}")
         if self.tta is not None and self.tta not in (0, 1, 2):
             raise ValueError(f"model.tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}")
+        if self.whiten_bias_epochs is not None and self.whiten_bias_epochs < 0:
+            raise ValueError(
+                "model.whiten_bias_epochs must be >= 0 (0 learns the whitening bias for the whole run), "
+                f"got {self.whiten_bias_epochs}"
+            )
         if self.features_lr_mult <= 0:
             raise ValueError(f"model.features_lr_mult must be > 0, got {self.features_lr_mult}")
         if self.activation is not None:

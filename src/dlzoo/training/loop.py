@@ -574,6 +574,14 @@ def open_run(
     return run_dir, lock, info, state
 
 
+def step_model(exp: Experiment) -> nn.Module:
+    """The model the training step calls: ``exp.model``, wrapped in DDP when data-parallel and
+    compiled with ``train.compile``; the same parameters (checkpoints and evaluation use
+    ``exp.model``)."""
+    model = distributed.wrap(exp.model, exp.dist, exp.device) if exp.dist.enabled else exp.model
+    return torch.compile(model) if exp.cfg.train.compile else model
+
+
 def train(
     cfg: RunConfig,
     quiet: bool = False,
@@ -593,10 +601,7 @@ def train(
     ctx = distributed.from_environment()
     exp = build_experiment(cfg, ctx)
     run_dir, lock, info, state = open_run(exp, resume_from)
-    if ctx.enabled:
-        exp.task.step_model = distributed.wrap(exp.model, ctx, exp.device)
-    if cfg.train.compile:  # the same parameters: checkpoints and evaluation use exp.model
-        exp.task.step_model = torch.compile(exp.task.step_model)
+    exp.task.step_model = step_model(exp)
     main = ctx.is_main
     checkpoints = run_dir / "checkpoints"
     info.update(status="running")
@@ -629,6 +634,9 @@ def train(
     started = time.perf_counter() - state.train_seconds
     try:
         while state.epoch < cfg.train.epochs:
+            start_epoch = getattr(exp.model, "start_epoch", None)  # a schedule of frozen parameters
+            if start_epoch is not None and start_epoch(state.epoch) and ctx.enabled:
+                exp.task.step_model = step_model(exp)  # DDP hooks the parameters training when wrapped
             with freed_memory_kept(cfg.train.reuse_memory):
                 row = train_one_epoch(
                     exp.task, exp.loaders.train, state, cfg, progress, exp.channels_last, stop
