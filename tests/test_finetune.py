@@ -98,6 +98,16 @@ def test_features_lr_mult_makes_two_parameter_groups():
     assert not model.features[0].weight.requires_grad and model.features[3].weight.requires_grad
 
 
+def test_freeze_takes_a_parameter_by_its_name_and_a_module_with_everything_under_it():
+    model = create_model("lenet5", 10, (1, 8, 8))
+    assert freeze(model, ["features.0.bias"]) == ["features.0.bias"]  # the name the error lists
+    assert model.features[0].weight.requires_grad and not model.features[0].bias.requires_grad
+    whole = freeze(create_model("lenet5", 10, (1, 8, 8)), ["features.0"])
+    assert whole == ["features.0.weight", "features.0.bias"]
+    with pytest.raises(ValueError, match="model.freeze pattern 'features.0.bia' matches no parameter"):
+        freeze(model, ["features.0.bia"])  # a prefix of a name is not a module
+
+
 def test_muon_takes_the_features_weight_matrices_and_leaves_the_head_and_biases_to_sgd():
     model = create_model("airbench", 10, (3, 32, 32), width_mult=0.25)
     cfg = RunConfig.from_dict(

@@ -10,10 +10,11 @@ every family:
   initialisation and everything else must fit.
 - ``model.freeze`` lists parameter-name patterns. ``features`` means the whole
   backbone: every parameter outside the classifier module (``features.*`` in most
-  families, everything but ``fc`` in ResNet); a module name means everything
-  under it, and shell patterns (``features.0.*``, ``layer[12].*``) work too. Frozen
-  parameters get no gradient, and batch-norm layers whose parameters are all frozen
-  stay in eval mode, so their running statistics do not move either.
+  families, everything but ``fc`` in ResNet); a parameter's name means that
+  parameter, a module name everything under it, and shell patterns
+  (``features.0.*``, ``layer[12].*``) work too. Frozen parameters get no gradient,
+  and batch-norm layers whose parameters are all frozen stay in eval mode, so their
+  running statistics do not move either.
 - ``model.features_lr_mult`` scales the learning rate of trainable feature
   parameters (discriminative fine-tuning); the head keeps ``optim.lr``. A model's own
   ``lr_multipliers()`` scale further (see ``parameter_groups``).
@@ -93,8 +94,8 @@ def backbone_names(model: nn.Module) -> set[str]:
 def _matches(name: str, pattern: str, backbone: set[str]) -> bool:
     if pattern == "features":
         return name in backbone
-    if "*" not in pattern and "?" not in pattern and "[" not in pattern:
-        pattern += ".*"
+    if "*" not in pattern and "?" not in pattern and "[" not in pattern:  # a parameter or a module
+        return name == pattern or name.startswith(pattern + ".")
     return fnmatch.fnmatchcase(name, pattern)
 
 
