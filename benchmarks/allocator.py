@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
-from memory_format import add_timing_arguments, alternating_rates  # benchmarks/ is on the path
-from throughput import machine
+from memory_format import (  # benchmarks/ is on the path
+    add_timing_arguments,
+    alternating_rates,
+    report_alternating,
+)
 
 from dlzoo.recipes import load_recipe
-from dlzoo.report.results import replace_between_markers
 
 DEFAULT_RECIPES = (
     "cifar10-airbench",
@@ -65,16 +66,7 @@ def main() -> None:
         rates = alternating_rates(recipe, settings, args)
         rows.append({"recipe": recipe, "model": cfg.model.name, "batch": cfg.data.batch_size, **rates})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    report = (
-        f"Machine: {machine()}; {args.threads} threads, {args.warmup} warm-up + {args.steps} timed training "
-        f"steps, each setting {args.repeats} times (alternating; the median), the recipe's own batch, data, "
-        f"precision and memory format.\n"
-        f"Command: `python benchmarks/allocator.py --recipes {args.recipes} --threads {args.threads} "
-        f"--steps {args.steps} --repeats {args.repeats} --write docs/benchmarks.md`\n\n{table(rows)}"
-    )
-    print(report)
-    if args.write:
-        replace_between_markers(Path(args.write), report, section="allocator")
+    report_alternating("allocator.py", "allocator", table(rows), args)
 
 
 if __name__ == "__main__":

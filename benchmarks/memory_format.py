@@ -92,6 +92,22 @@ def alternating_rates(
     return rates
 
 
+def report_alternating(script: str, section: str, table_text: str, args: argparse.Namespace) -> None:
+    """Print the report of a script that times settings with ``alternating_rates`` over
+    ``--recipes`` (its table, the machine and the command that reproduces it) and, with
+    ``--write``, put it in ``section`` of that file."""
+    report = (
+        f"Machine: {machine()}; {args.threads} threads, {args.warmup} warm-up + {args.steps} timed training "
+        f"steps, each setting {args.repeats} times (alternating; the median), the recipe's own batch, data, "
+        f"precision and memory format.\n"
+        f"Command: `python benchmarks/{script} --recipes {args.recipes} --threads {args.threads} "
+        f"--steps {args.steps} --repeats {args.repeats} --write docs/benchmarks.md`\n\n{table_text}"
+    )
+    print(report)
+    if args.write:
+        replace_between_markers(Path(args.write), report, section=section)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| recipe | model | batch | NCHW img/s | channels-last img/s | channels-last / NCHW | recipe asks "
