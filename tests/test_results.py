@@ -10,7 +10,7 @@ import pytest
 
 from dlzoo.api import results, train
 from dlzoo.cli import main
-from dlzoo.recipes import load_recipe
+from dlzoo.recipes import load_recipe, recipe_names
 from dlzoo.report.results import (
     MARKERS,
     build_results,
@@ -278,18 +278,64 @@ def test_cli_prints_the_table_and_writes_it(runs, tmp_path, capsys):
     assert main(["results", "--runs-dir", str(tmp_path / "nowhere")]) == 2
 
 
-def test_writing_a_selection_is_an_error_that_changes_nothing(runs, tmp_path, capsys):
-    """A table of a few recipes written over the README's would drop every other recipe's row."""
+def earlier_line(recipe, accuracy, seeds, command="`dlzoo train x --seed N`"):
+    """A line of an earlier table, as `dlzoo results` rebuilds one from runs in another checkout."""
+    cells = [
+        recipe,
+        "model",
+        "data",
+        "8",
+        seeds,
+        f"**{accuracy}** mean (elsewhere)",
+        "38 s",
+        command,
+        "s",
+        "r",
+        "-",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_write_keeps_the_lines_of_recipes_measured_elsewhere_while_they_show_the_record(runs, tmp_path):
+    """A checkout with runs of a few recipes rewrites only those rows; a line rebuilt from runs
+    elsewhere stays while it shows the recipe's recorded result, and gives way once it does not."""
+    fast, long = load_recipe("mnist-fast").meta, load_recipe("cifar10-airbench-long").meta
+    seeds = " / ".join(map(str, fast.result_seeds))
+    kept = earlier_line("mnist-fast", f"{fast.result:.2%}", seeds, command="`dlzoo train mnist-fast`†")
+    stale = earlier_line("cifar10-airbench-long", "91.00%", " / ".join(map(str, long.result_seeds)))
     readme = tmp_path / "README.md"
-    readme.write_text(README.format(start=MARKERS[0], end=MARKERS[1]))
+    readme.write_text(README.format(start=MARKERS[0], end=f"{kept}\n{stale}\n{MARKERS[1]}"))
     recipe = tmp_path / "tiny-digits.toml"
     recipe.write_text(TINY)
-    argv = ["results", "--runs-dir", str(runs["runs_dir"]), "--recipes", str(recipe), "--record"]
-    assert main([*argv, "--write", str(readme)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "leave out --recipes" in err
-    assert readme.read_text() == README.format(start=MARKERS[0], end=MARKERS[1])
-    assert recipe.read_text() == TINY, "nothing recorded either"
+    table = results(runs["runs_dir"], [str(recipe)], write=readme)
+    assert table.kept == 1
+    inside = readme.read_text().split(MARKERS[0])[1].split(MARKERS[1])[0]
+    rows = [
+        line for line in inside.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")
+    ]
+    assert kept in rows, "the line that shows the recorded result is kept"
+    assert stale not in rows and f"{long.result:.2%} (recorded in recipe)" in inside
+    assert "† rebuilt from the run's config" in inside, "the kept line's † keeps its legend"
+    assert "| tiny-digits | softmax |" in rows[-1] and "0 / 1" in rows[-1], (
+        "the selected recipe, from its runs"
+    )
+    assert len(rows) == len(recipe_names()) + 1 and "stale" not in inside
+    results(runs["runs_dir"], [str(recipe)], write=readme)
+    assert readme.read_text().count(kept) == 1, "writing twice keeps it once"
+    stale_seeds = earlier_line("mnist-fast", f"{fast.result:.2%}", "0 / 1 / 2")
+    readme.write_text(README.format(start=MARKERS[0], end=f"{stale_seeds}\n{MARKERS[1]}"))
+    assert results(runs["runs_dir"], write=readme).kept == 0, "other seeds than the record: not kept"
+    assert stale_seeds not in readme.read_text()
+
+
+def test_cli_says_how_many_rows_it_kept(runs, tmp_path, capsys):
+    fast = load_recipe("mnist-fast").meta
+    kept = earlier_line("mnist-fast", f"{fast.result:.2%}", " / ".join(map(str, fast.result_seeds)))
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(start=MARKERS[0], end=f"{kept}\n{MARKERS[1]}"))
+    assert main(["results", "--runs-dir", str(runs["runs_dir"]), "--write", str(readme)]) == 0
+    assert "keeping 1 row measured elsewhere" in capsys.readouterr().err
+    assert kept in readme.read_text()
 
 
 def test_command_line_is_what_the_user_typed(monkeypatch):

@@ -23,7 +23,7 @@ from dlzoo.data.sources import BAD_IMAGE_ERRORS, decode_image
 from dlzoo.models import create_model
 from dlzoo.recipes import list_recipes, load_recipe
 from dlzoo.registry import TASKS
-from dlzoo.report.results import ResultsTable, build_results, record_results, replace_between_markers
+from dlzoo.report.results import ResultsTable, build_results, record_results, write_results
 from dlzoo.tasks.classify import class_probabilities, confusion_matrix
 from dlzoo.tasks.multitask import top_sequences
 from dlzoo.training.checkpoint import load_weights
@@ -107,18 +107,14 @@ def results(
 ) -> ResultsTable:
     """The results table of every recipe (or of ``recipes``) from the finished runs under ``runs_dir``;
     ``record`` first writes each measured recipe's numbers into its recipe file's ``[meta]``;
-    ``write`` replaces the table between the results markers of that markdown file (see
-    ``dlzoo.report.results``) with the table of every recipe, so it takes no ``recipes``."""
-    if write is not None and recipes is not None:  # the written table would lose every other recipe's row
-        raise ValueError(
-            "--write replaces the whole results table, so it takes every recipe: leave out --recipes "
-            "(to record a few recipes, run --record --recipes A,B first, then --write alone)"
-        )
+    ``write`` puts the table of every recipe between the results markers of that markdown file,
+    rebuilding the rows of the measured ``recipes`` and keeping the file's line for the others
+    where it still shows their recorded result (see ``dlzoo.report.results``)."""
     table = build_results(Path(runs_dir), recipes, with_overrides)
     if record:
         table.recorded = record_results(table)
     if write is not None:
-        replace_between_markers(Path(write), table.markdown)
+        table.kept = write_results(Path(write), table)
     return table
 
 

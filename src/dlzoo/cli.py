@@ -261,7 +261,9 @@ def cmd_results(args: argparse.Namespace) -> None:
     for path in table.recorded:
         print(f"recorded the measured result in {path}", file=sys.stderr)
     if args.write:
-        print(f"wrote the table into {args.write}", file=sys.stderr)
+        rows = f"{table.kept} row{'' if table.kept == 1 else 's'}"
+        kept = f", keeping {rows} measured elsewhere" if table.kept else ""
+        print(f"wrote the table of every recipe into {args.write}{kept}", file=sys.stderr)
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -444,7 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("results", cmd_results, "the results table of every recipe, from the finished runs")
     sub.add_argument("--runs-dir", default="runs", help="where the run folders are (default ./runs)")
     sub.add_argument(
-        "--write", metavar="FILE", help="replace the table between the results markers of FILE (README.md)"
+        "--write",
+        metavar="FILE",
+        help="write the table of every recipe between the results markers of FILE (README.md); rows of "
+        "recipes without runs here keep FILE's line where it shows their recorded result",
     )
     sub.add_argument("--recipes", metavar="A,B,...", help="only these recipes (default: all)")
     sub.add_argument(

@@ -24,7 +24,11 @@ The "vs source" column compares the result with the first percentage in ``source
 ``[meta] shortfall`` (a result below its source must say why).
 
 ``--write FILE`` replaces only the text between ``<!-- results:start -->`` and
-``<!-- results:end -->`` in FILE, atomically. ``--record`` writes each measured recipe's
+``<!-- results:end -->`` in FILE, atomically, with a row for every shipped recipe. Rows of
+recipes that have no runs here (or that ``--recipes`` left out) keep FILE's line where that line
+still shows the result the recipe's ``[meta]`` records (same accuracy, same seeds): a line rebuilt
+from runs in another checkout keeps its per-seed numbers instead of falling back to "recorded in
+recipe". ``--record`` writes each measured recipe's
 numbers (``result``, ``result_command``, ``result_data``, ``result_seeds``,
 ``result_minutes``, ``result_compute``) into the ``[meta]`` table of its recipe file, so the
 table can be rebuilt where the run folders are not (a fresh clone): no number is copied by hand.
@@ -47,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlzoo.config import RunConfig
+from dlzoo.config import MetaConfig, RunConfig
 from dlzoo.recipes import load_recipe, recipe_names, recipe_path
 from dlzoo.training.resume import _flatten
 from dlzoo.training.run import read_json
@@ -141,6 +145,8 @@ class ResultsTable:
     markdown: str
     recorded: list[Path] = field(default_factory=list)
     """The recipe files whose ``[meta]`` got these numbers (``--record``)."""
+    kept: int = 0
+    """How many lines of the written file's earlier table ``--write`` kept (recipes measured elsewhere)."""
 
 
 def as_text(value: Any) -> str:
@@ -399,14 +405,22 @@ def render_row(row: ResultRow) -> list[str]:
     ]
 
 
-def render_markdown(rows: list[ResultRow]) -> str:
-    """The table as GitHub markdown, with a legend line for rebuilt commands."""
-    lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
-        *("| " + " | ".join(_cell(text) for text in render_row(row)) + " |" for row in rows),
-    ]
-    if any(not run.recorded for row in rows for run in row.runs):
+def row_line(row: ResultRow) -> str:
+    """One row of the markdown table."""
+    return "| " + " | ".join(_cell(text) for text in render_row(row)) + " |"
+
+
+def line_cells(line: str) -> list[str]:
+    """The cells of a markdown table line (``\\|`` inside a cell is not a border)."""
+    return re.split(r"(?<!\\) \| ", line.strip().removeprefix("| ").removesuffix(" |"))
+
+
+def render_markdown(rows: list[ResultRow], lines: list[str] | None = None) -> str:
+    """The table as GitHub markdown (``lines``: the rows' lines, if not rendered from ``rows``), with a
+    legend line for rebuilt commands."""
+    body = lines if lines is not None else [row_line(row) for row in rows]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER), *body]
+    if any(REBUILT in line_cells(line)[HEADER.index("command")] for line in body):
         lines += ["", f"{REBUILT} rebuilt from the run's config: the run did not record its command line."]
     lines += [
         "",
@@ -415,8 +429,8 @@ def render_markdown(rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-def replace_between_markers(path: Path, text: str, section: str = "results") -> None:
-    """Put ``text`` between the ``section`` markers of ``path``; nothing outside them changes."""
+def split_at_markers(path: Path, section: str = "results") -> tuple[str, str, str]:
+    """``path``'s text before the ``section`` start marker, between the markers, after the end marker."""
     start, end = markers(section)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --write needs a markdown file with {start} and {end}")
@@ -427,10 +441,57 @@ def replace_between_markers(path: Path, text: str, section: str = "results") -> 
             "table to replace; add them and run again"
         )
     head, rest = content.split(start)
-    _, tail = rest.split(end)
+    inside, tail = rest.split(end)
+    return head, inside, tail
+
+
+def replace_between_markers(path: Path, text: str, section: str = "results") -> None:
+    """Put ``text`` between the ``section`` markers of ``path``; nothing outside them changes."""
+    head, _, tail = split_at_markers(path, section)
+    start, end = markers(section)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
     os.replace(tmp, path)
+
+
+def shows_record(line: str, meta: MetaConfig) -> bool:
+    """Whether ``line``, of an earlier table, was rebuilt from runs that gave the result ``meta``
+    records: the same mean accuracy and seeds."""
+    cells = line_cells(line)
+    if meta.result is None or len(cells) != len(HEADER):
+        return False
+    accuracy, seeds = cells[HEADER.index("test accuracy")], cells[HEADER.index("seeds")]
+    recorded_seeds = " / ".join(map(str, meta.result_seeds))
+    return accuracy.startswith(f"**{_percent(meta.result)}**") and seeds == recorded_seeds
+
+
+def write_results(path: Path, table: ResultsTable) -> int:
+    """Write the results table of every shipped recipe (and of ``table``'s) into ``path``'s results
+    section: ``table``'s measured rows, and for every other recipe the line ``path`` already has if
+    it still shows the recipe's recorded result, else the row its ``[meta]`` gives. Returns how many
+    lines were kept."""
+    _, inside, _ = split_at_markers(path)
+    earlier = {line_cells(line)[0]: line for line in inside.splitlines() if line.startswith("| ")}
+    by_recipe: dict[str, list[ResultRow]] = {}
+    for row in table.rows:
+        by_recipe.setdefault(row.cfg.recipe, []).append(row)
+    rows = [row for name in recipe_names() for row in by_recipe.pop(name, None) or [unmeasured_row(name)]]
+    rows += [row for left in by_recipe.values() for row in left]  # recipes given as TOML files
+    lines, kept = [], 0
+    for row in rows:
+        line = earlier.get(row.label)
+        if not row.runs and line is not None and shows_record(line, row.cfg.meta):
+            lines.append(line)
+            kept += 1
+        else:
+            lines.append(row_line(row))
+    replace_between_markers(path, render_markdown(rows, lines))
+    return kept
+
+
+def unmeasured_row(name: str) -> ResultRow:
+    """The row of shipped recipe ``name`` without runs: what its ``[meta]`` records."""
+    return ResultRow(load_recipe(name), recipe_path(name))
 
 
 def toml_value(value: Any) -> str:
