@@ -28,7 +28,7 @@ batch-norm statistics out. The training side (label smoothing 0.2, alternating f
 reflect-padded crops, Nesterov SGD, airbench's straight-line schedule and ramped weight
 averaging) is the recipe ``cifar10-airbench``; ``cifar10-airbench-muon`` trains the same network
 as airbench94_muon does (the Muon optimiser on the conv filters, 8 epochs of batch 2000), and
-``cifar10-airbench-long`` trains it so for 15 epochs.
+``cifar10-airbench-long`` trains it so for 16 epochs.
 """
 
 from __future__ import annotations
