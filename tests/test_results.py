@@ -17,6 +17,7 @@ from dlzoo.report.results import (
     compute_of,
     relative_paths,
     replace_between_markers,
+    versus_source,
     write_meta,
 )
 from dlzoo.training.run import command_line
@@ -315,7 +316,12 @@ def test_write_keeps_the_lines_of_recipes_measured_elsewhere_while_they_show_the
     rows = [
         line for line in inside.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")
     ]
-    assert kept in rows, "the line that shows the recorded result is kept"
+    fast_source = (
+        f" | {fast.source} | {fast.source_result} | {versus_source(fast.result, load_recipe('mnist-fast'))} |"
+    )
+    assert kept.replace(" | s | r | - |", fast_source) in rows, (
+        "kept, with the recipe's source now"
+    )
     assert stale not in rows and f"{long.result:.2%} (recorded in recipe)" in inside
     assert "† rebuilt from the run's config" in inside, "the kept line's † keeps its legend"
     assert "| tiny-digits | softmax |" in rows[-1] and "0 / 1" in rows[-1], (
@@ -323,7 +329,9 @@ def test_write_keeps_the_lines_of_recipes_measured_elsewhere_while_they_show_the
     )
     assert len(rows) == len(recipe_names()) + 1 and "stale" not in inside
     results(runs["runs_dir"], [str(recipe)], write=readme)
-    assert readme.read_text().count(kept) == 1, "writing twice keeps it once"
+    assert readme.read_text().count(f"**{fast.result:.2%}** mean (elsewhere)") == 1, (
+        "writing twice keeps it once"
+    )
     stale_seeds = earlier_line("mnist-fast", f"{fast.result:.2%}", "0 / 1 / 2")
     readme.write_text(README.format(start=MARKERS[0], end=f"{stale_seeds}\n{MARKERS[1]}"))
     assert results(runs["runs_dir"], write=readme).kept == 0, "other seeds than the record: not kept"
@@ -337,7 +345,7 @@ def test_cli_says_how_many_rows_it_kept(runs, tmp_path, capsys):
     readme.write_text(README.format(start=MARKERS[0], end=f"{kept}\n{MARKERS[1]}"))
     assert main(["results", "--runs-dir", str(runs["runs_dir"]), "--write", str(readme)]) == 0
     assert "keeping 1 row measured elsewhere" in capsys.readouterr().err
-    assert kept in readme.read_text()
+    assert f"| **{fast.result:.2%}** mean (elsewhere) |" in readme.read_text()
 
 
 def test_command_line_is_what_the_user_typed(monkeypatch):

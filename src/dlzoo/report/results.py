@@ -481,12 +481,20 @@ def write_results(path: Path, table: ResultsTable) -> int:
     for row in rows:
         line = earlier.get(row.label)
         if not row.runs and line is not None and shows_record(line, row.cfg.meta):
-            lines.append(line)
+            lines.append(with_current_source(line, row.cfg))
             kept += 1
         else:
             lines.append(row_line(row))
     replace_between_markers(path, render_markdown(rows, lines))
     return kept
+
+
+def with_current_source(line: str, cfg: RunConfig) -> str:
+    """``line`` with its source, source-reported and "vs source" cells as the recipe states them now."""
+    meta = cfg.meta
+    current = [meta.source or "-", meta.source_result or "-", versus_source(meta.result, cfg)]
+    cells = line_cells(line)[: -len(current)] + [_cell(text) for text in current]
+    return "| " + " | ".join(cells) + " |"
 
 
 def unmeasured_row(name: str) -> ResultRow:
