@@ -319,9 +319,7 @@ def test_write_keeps_the_lines_of_recipes_measured_elsewhere_while_they_show_the
     fast_source = (
         f" | {fast.source} | {fast.source_result} | {versus_source(fast.result, load_recipe('mnist-fast'))} |"
     )
-    assert kept.replace(" | s | r | - |", fast_source) in rows, (
-        "kept, with the recipe's source now"
-    )
+    assert kept.replace(" | s | r | - |", fast_source) in rows, "kept, with the recipe's source now"
     assert stale not in rows and f"{long.result:.2%} (recorded in recipe)" in inside
     assert "† rebuilt from the run's config" in inside, "the kept line's † keeps its legend"
     assert "| tiny-digits | softmax |" in rows[-1] and "0 / 1" in rows[-1], (
