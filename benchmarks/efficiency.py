@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,39 +30,15 @@ from throughput import (  # benchmarks/ is on the path as a script
     SPEED_RECIPE_MODELS,
     benchmark_images,
     machine,
+    matmul_peak,
     native_bf16,
     run_dlzoo,
+    step_flops,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
-from dlzoo.models import create_model
 from dlzoo.report.results import replace_between_markers
 
 ALL_MODELS = {**MODELS, **SPEED_RECIPE_MODELS}
-
-
-def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of ``repeats`` (size x size) @ (size x size) products."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    a @ b  # warm-up: thread pool, kernel choice
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def step_flops(name: str, batch: int) -> int:
-    """FLOPs of one forward + backward pass of model ``name`` on a batch of CIFAR-sized images."""
-    model_name, settings = ALL_MODELS[name]
-    model = create_model(model_name, 10, (3, 32, 32), **settings)
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(
-            model(torch.randn(batch, 3, 32, 32)), torch.zeros(batch).long()
-        ).backward()
-    return counter.get_total_flops()
 
 
 def main() -> None:

@@ -25,7 +25,11 @@ one after another on this machine:
 
 Images/s is steady state: ``--warmup`` steps are run and dropped, then ``--steps`` timed.
 The ratio columns are dlzoo's images/s (its best setting; the float32 column shows what it
-reaches without bfloat16) over the others', measured in the same run. Data:
+reaches without bfloat16) over the others', measured in the same run. The last two columns
+say what issue 5's goals (2x Keras, 3x eager) would ask of this CPU: the FLOP/s of twice Keras's
+(three times the eager loop's) images/s, with a training step's FLOPs counted by
+``torch.utils.flop_counter``, as a share of the fastest square matrix multiply timed at the start
+(bfloat16 where native). Above 100%, no implementation of the same arithmetic gets there. Data:
 the CIFAR-10 JPEG copy in ../shared/data when it is there (through dlzoo's cache), random
 images otherwise; throughput does not depend on which.
 """
@@ -47,6 +51,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from dlzoo.config import AugmentConfig, RunConfig
@@ -93,6 +98,30 @@ def benchmark_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (NUM_IMAGES, 32, 32, 3), dtype=np.uint8)
     return x, rng.integers(0, 10, NUM_IMAGES), "random images"
+
+
+def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` (size x size) @ (size x size) products."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm-up: thread pool, kernel choice
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(name: str, batch: int) -> int:
+    """FLOPs of one forward + backward pass of model ``name`` on a batch of CIFAR-sized images."""
+    model_name, settings = {**MODELS, **SPEED_RECIPE_MODELS}[name]
+    model = create_model(model_name, 10, (3, 32, 32), **settings)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(
+            model(torch.randn(batch, 3, 32, 32)), torch.zeros(batch).long()
+        ).backward()
+    return counter.get_total_flops()
 
 
 def timed(step, batches, warmup: int, steps: int) -> float:
@@ -265,7 +294,13 @@ def best(rates: dict[str, float], float32_only: bool = False) -> tuple[str, floa
     return max(((k, v) for k, v in rates.items() if not (float32_only and "bf16" in k)), key=lambda kv: kv[1])
 
 
-def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
+def table(results: dict[str, dict], keras: dict[str, dict] | None, peak: float) -> str:
+    """The throughput table; its last two columns are what the goals would need of ``peak``.
+
+    ``peak`` is the machine's best measured matmul FLOP/s (bfloat16 where native). A goal that
+    needs more than 100% of it asks any implementation doing the model's FLOPs to run them
+    faster than this CPU's fastest matrix multiply.
+    """
     header = [
         "model",
         "parameters",
@@ -275,6 +310,8 @@ def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
         "keras img/s (setting)",
         "dlzoo / keras",
         "dlzoo / eager",
+        "2x keras needs (of the peak)",
+        "3x eager needs (of the peak)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
@@ -283,9 +320,12 @@ def table(results: dict[str, dict], keras: dict[str, dict] | None) -> str:
         theirs = keras.get(name) if keras else None
         keras_cell = f"{theirs['images_per_second']:.0f} ({theirs['setting']})" if theirs else "-"
         versus_keras = f"{ours / theirs['images_per_second']:.2f}x" if theirs else "-"
+        at_peak = peak / result["flops_per_image"]  # images/s if the step ran at the peak
+        keras_needs = f"{2 * theirs['images_per_second'] / at_peak:.0%}" if theirs else "-"
         lines.append(
             f"| {name} | {result['parameters']:,} | {ours:.0f} ({setting}) | {fp32:.0f} ({fp32_format}) | "
-            f"{eager:.0f} | {keras_cell} | {versus_keras} | {ours / eager:.2f}x |"
+            f"{eager:.0f} | {keras_cell} | {versus_keras} | {ours / eager:.2f}x | {keras_needs} | "
+            f"{3 * eager / at_peak:.0%} |"
         )
     return "\n".join(lines)
 
@@ -301,6 +341,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, all three"
     )
+    parser.add_argument("--matmul-size", type=int, default=2048, help="of the peak's square matmul")
     parser.add_argument("--eager-workers", type=int, default=2, help="DataLoader workers of the eager loop")
     parser.add_argument("--no-keras", action="store_true", help="skip Keras (no TensorFlow install)")
     parser.add_argument(
@@ -325,6 +366,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     torch.set_num_threads(args.threads)
+    peak_dtype = torch.bfloat16 if native_bf16() else torch.float32
+    peak = matmul_peak(peak_dtype, args.matmul_size)
     x, y, source = benchmark_images(Path(args.data_dir))
     data = HERE / ".benchmark-images.npz"
     np.savez(data, x=x, y=y)
@@ -338,6 +381,7 @@ def main() -> None:
             "dlzoo": {label: run["images_per_second"] for label, run in runs.items()},
             "parameters": next(iter(runs.values()))["parameters"],
             "eager": run_eager(name, x, y, args),
+            "flops_per_image": step_flops(name, args.batch) / args.batch,
         }
         rates = {**results[name]["dlzoo"], "eager": results[name]["eager"]["images_per_second"]}
         print(f"{name}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()), file=sys.stderr)
@@ -349,12 +393,14 @@ def main() -> None:
                     f"error: Keras {name} has {keras[name]['parameters']:,} parameters, dlzoo's "
                     f"{results[name]['parameters']:,}: not the same architecture"
                 )
-    markdown = table(results, keras)
+    markdown = table(results, keras, peak)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     versions = f"; {keras['_versions']}; Keras settings timed: {args.keras_settings}" if keras else ""
     report = (
         f"Machine: {machine()}{versions}. Batch {args.batch}, {args.threads} threads, "
-        f"{args.warmup} warm-up + {args.steps} timed steps, {source}.\n"
+        f"{args.warmup} warm-up + {args.steps} timed steps, {source}. Peak: {peak / 1e9:.1f} "
+        f"GFLOP/s, the fastest {args.matmul_size}^2 {str(peak_dtype).removeprefix('torch.')} matmul; "
+        "a step's FLOPs counted by torch.utils.flop_counter.\n"
         f"Command: `{command.strip()}`\n\n{markdown}\n"
     )
     print(report)
